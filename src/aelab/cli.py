@@ -1,0 +1,263 @@
+"""The ``aelab`` command line: train, eval, sample, reconstruct, datasets, presets, models."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import AelabError, ConfigError
+
+# flag -> config path; each is also settable in a YAML config under that path
+TRAIN_FLAGS = {
+    "model": "model.name", "dataset": "data.name", "data_dir": "data.data_dir",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+    "latent_dim": "model.latent_dim", "hidden": "model.hidden_dims",
+    "likelihood": "model.likelihood", "beta": "model.beta", "seed": "train.seed",
+    "device": "device",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging()
+    try:
+        return args.func(args) or 0
+    except AelabError as e:
+        print(f"aelab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aelab: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aelab", description="Train, evaluate and use autoencoders and VAEs.")
+    p.add_argument("--version", action="version", version=f"aelab {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model and write a run folder",
+                       description="Train a model. With no flags: the vae-mnist preset on MNIST "
+                                   "(or the bundled mnist-5k sample when MNIST cannot be had).")
+    t.add_argument("--preset", help="start from a preset (see `aelab presets`)")
+    t.add_argument("--config", help="YAML config (e.g. a run's config.yaml); flags override it")
+    t.add_argument("--model", help="model family (see `aelab models`)")
+    t.add_argument("--dataset", help="registered dataset (see `aelab datasets`)")
+    t.add_argument("--data-dir", help="folder of MNIST-named IDX files, plain or .gz")
+    t.add_argument("--epochs", help="passes over the training split")
+    t.add_argument("--batch-size", help="images per step")
+    t.add_argument("--lr", help="Adam learning rate")
+    t.add_argument("--latent-dim", help="size of the code")
+    t.add_argument("--hidden", help="encoder hidden sizes, comma separated: 512,256")
+    t.add_argument("--likelihood", help="vae: bernoulli | gaussian | mse")
+    t.add_argument("--beta", help="vae: weight of the KL term")
+    t.add_argument("--seed", help="random seed (data split, order, initialisation, noise)")
+    t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
+    t.add_argument("--binarize", action="store_true", help="dynamic binarisation of the inputs")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value by dotted path, e.g. data.val_fraction=0.2 (repeatable)")
+    t.add_argument("--out", help="run folder (default runs/<preset-or-model>-<time>)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="metrics of a trained run on its test (or validation) split")
+    _run_args(e)
+    e.add_argument("--split", choices=("test", "val"), default="test")
+    e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.add_argument("--seed", type=int, default=0, help="seed of the z draws in the ELBO")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="decode images drawn from a VAE's prior")
+    s.add_argument("run", help="run folder")
+    s.add_argument("-n", type=_positive_int, default=64, help="number of images (default 64)")
+    s.add_argument("-o", "--output", default="samples.png", help="PNG file (default samples.png)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_sample)
+
+    r = sub.add_parser("reconstruct", help="originals above their reconstructions, as a PNG")
+    _run_args(r)
+    r.add_argument("--split", choices=("test", "val"), default="test")
+    r.add_argument("-n", type=_positive_int, default=32, help="number of images (default 32)")
+    r.add_argument("-o", "--output", default="reconstructions.png", help="PNG file")
+    r.set_defaults(func=cmd_reconstruct)
+
+    sub.add_parser("datasets", help="known datasets and whether each is available here"
+                   ).set_defaults(func=cmd_datasets)
+    sub.add_parser("presets", help="the presets and what they set").set_defaults(func=cmd_presets)
+    sub.add_parser("models", help="the model families").set_defaults(func=cmd_models)
+    return p
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("--dataset", help="evaluate on another registered dataset")
+    p.add_argument("--data-dir", help="evaluate on a folder of IDX files")
+    p.add_argument("--batch-size", type=_positive_int, default=1000)
+    p.add_argument("--device", default="auto")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from .config import resolve_config
+    from .train import train
+    overrides = {path: getattr(args, flag) for flag, path in TRAIN_FLAGS.items()
+                 if getattr(args, flag) is not None}
+    if args.dataset is not None:
+        overrides.update({"data.fallback": False, "data.data_dir": None})
+    if args.binarize:
+        overrides["data.binarize"] = True
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value
+    cfg = resolve_config(args.preset, args.config, overrides)
+    train(cfg, out=args.out, progress=False if args.no_progress else None)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import UNITS, evaluate
+    cfg, model, split = _load_for_eval(args)
+    metrics = evaluate(model, split, args.batch_size, seed=args.seed)
+    result = {"run": str(args.run), "model": cfg.model.name, "split": args.split,
+              "dataset": cfg.data.data_dir or cfg.data.name, "n_images": len(split), **metrics,
+              "units": {k: UNITS[k] for k in metrics if k in UNITS}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{cfg.model.name} run {args.run}, {args.split} split of {result['dataset']} "
+              f"({len(split)} images)")
+        for name, value in metrics.items():
+            print(f"  {name:<10} {value:>12.6g}   {UNITS.get(name, '')}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+    from .runs import load_run
+    from .train import resolve_device
+    from .viz import save_grid
+    device = resolve_device(args.device)
+    cfg, model, _ = load_run(args.run, device)
+    if not model.can_sample:
+        raise ConfigError(f"a {cfg.model.name} has no prior to sample from; train a vae")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    _check_output(args.output)
+    save_grid(model.sample(args.n, generator=gen), args.output)
+    print(f"wrote {args.n} samples to {args.output}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import torch
+    from .viz import save_reconstructions
+    _check_output(args.output)
+    _, model, split = _load_for_eval(args)
+    x = split.spread(args.n)
+    with torch.no_grad():
+        save_reconstructions(x, model.reconstruct(x), args.output)
+    print(f"wrote {len(x)} originals and reconstructions to {args.output}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .datasets import DATASETS, availability
+    for name, spec in DATASETS.items():
+        print(f"{name:<14} {spec.description}\n{'':<14} {availability(name)}")
+    print(f"{'--data-dir':<14} any folder of MNIST-named IDX files (train-images-idx3-ubyte[.gz], ...)")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .config import DEFAULT_PRESET, list_presets
+    for name, tree in list_presets().items():
+        default = "  (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name}{default}\n  {tree.get('description', '')}")
+        for section in ("data", "model", "train"):
+            values = ", ".join(f"{k}={_fmt(v)}" for k, v in (tree.get(section) or {}).items())
+            print(f"  {section}: {values}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import list_models, model_class
+    for name in list_models():
+        doc = (model_class(name).__doc__ or "").strip().splitlines()
+        print(f"{name:<8} {doc[0] if doc else ''}")
+    return 0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load_for_eval(args):
+    """Load a run and the split to evaluate on (its own data unless --dataset/--data-dir)."""
+    from .data import check_shape, load_splits
+    from .runs import load_run
+    from .train import resolve_device
+    device = resolve_device(args.device)
+    cfg, model, _ = load_run(args.run, device)
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    elif args.dataset:
+        cfg.data.name, cfg.data.data_dir, cfg.data.fallback = args.dataset, None, False
+    splits = load_splits(cfg.data, cfg.train.seed, device)
+    split = getattr(splits, args.split)
+    if len(split) == 0:
+        raise ConfigError(f"the {args.split} split of this run is empty")
+    check_shape(split, cfg.model.input_shape)
+    return cfg, model, split
+
+
+def _check_output(path: str) -> None:
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
+    if not path.lower().endswith(".png"):
+        raise ConfigError(f"output must be a .png file, got {path}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fmt(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+class _MaxLevel(logging.Filter):
+    def __init__(self, level):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record):
+        return record.levelno < self.level
+
+
+def _setup_logging() -> None:
+    """INFO lines (epoch lines, summaries) on stdout; warnings on stderr."""
+    logger = logging.getLogger("aelab")
+    if logger.handlers:
+        return
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(_MaxLevel(logging.WARNING))
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    for h in (out, err):
+        h.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

