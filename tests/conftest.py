@@ -52,3 +52,4 @@ def _reset_aelab_logging():
     logger = logging.getLogger("aelab")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
+    logger.propagate = True

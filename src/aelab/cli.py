@@ -34,10 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2, like every other aelab error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="aelab", description="Train, evaluate and use autoencoders and VAEs.")
+    p = _Parser(prog="aelab", description="Train, evaluate and use autoencoders and VAEs.")
     p.add_argument("--version", action="version", version=f"aelab {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model and write a run folder",
                        description="Train a model. With no flags: the vae-mnist preset on MNIST "

@@ -5,6 +5,7 @@ Precedence, lowest first: dataclass defaults < preset < ``--config`` file < flag
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -16,7 +17,6 @@ from .models import ModelConfig, model_config_class, model_config_from_dict
 from .typed import suggest, typed_kwargs
 
 DEFAULT_PRESET = "vae-mnist"
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -46,6 +46,8 @@ class TrainConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.seed < 2**32:   # numpy's data split and the shuffle seeds need this range
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
 
 
 @dataclass
@@ -57,8 +59,8 @@ class RunConfig:
     preset: str | None = None      # the preset this run started from, for the record
 
     def __post_init__(self):
-        if self.device.split(":")[0] not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"unknown device {self.device!r}; choose from auto, cpu, cuda, cuda:N, mps")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -102,7 +104,8 @@ def resolve_config(preset: str | None = None, config_file: str | None = None,
         tree["preset"] = preset or DEFAULT_PRESET
     if config_file:
         tree = _merge(tree, read_yaml(config_file))
-    for path, value in (overrides or {}).items():
+    # model.name first, so that options set for the new family are not dropped with the old ones
+    for path, value in sorted((overrides or {}).items(), key=lambda item: item[0] != "model.name"):
         if path == "model.name" and value != tree.get("model", {}).get("name"):
             tree["model"] = _keep_shared_model_keys(tree.get("model", {}), value)
         _set_path(tree, path, value)

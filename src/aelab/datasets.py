@@ -116,8 +116,8 @@ def locate(spec: DatasetSpec, download: bool) -> Path | None:
             return Path(folder)
     folder = cache_dir() / spec.name
     cached = all((folder / f).exists() for f in spec.sha256)
-    if not (cached or download):
-        return None
+    if not download:   # a look only: no hashing, no network (availability() lists offline too)
+        return folder if cached else None
     for fname, sha in spec.sha256.items():
         fetch(spec, fname, sha, folder)
     return folder

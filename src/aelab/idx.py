@@ -6,6 +6,7 @@ dimension; the data follows, exactly prod(dims) items long.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 
@@ -33,7 +34,7 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name}: truncated IDX header")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_TYPES[type_code])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize   # Python ints: a 64-bit product could wrap
     have = len(raw) - header_len
     if have < expected:
         raise DataError(f"{name}: truncated: header {dims} needs {expected} data bytes, file has {have}")

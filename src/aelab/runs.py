@@ -28,6 +28,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a new file's usual mode
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
@@ -35,6 +36,12 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0o022)   # the only way to read it is to set it
+    os.umask(umask)
+    return umask
 
 
 def create_run_dir(out: str | None, default_name: str) -> Path:

@@ -65,12 +65,17 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 def flush_denormal():
     """Treat subnormal floats as zero while training: Adam's moments for always-blank pixels
     decay into subnormals, which are many times slower on x86 CPUs."""
-    enabled = torch.set_flush_denormal(True)
+    previous = _flushing_denormals()
+    torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        if enabled:
-            torch.set_flush_denormal(False)
+        torch.set_flush_denormal(previous)   # put back what the caller had, on or off
+
+
+def _flushing_denormals() -> bool:
+    """Whether subnormals are already treated as zero here (torch has no getter for the flag)."""
+    return bool(torch.tensor([1e-310], dtype=torch.float64).mul(1.0).item() == 0)
 
 
 def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Batches,
@@ -103,8 +108,7 @@ def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None) 
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     splits = load_splits(cfg.data, cfg.train.seed, device)
-    if not cfg.data.data_dir:
-        cfg.data.name = splits.name              # record the data really used (mnist-5k fallback)
+    cfg.data.name = splits.name                  # record the data really used (mnist-5k fallback)
     cfg.model.input_shape = splits.train.image_shape
     model = build_model(cfg.model).to(device)
     opt = make_optimizer(model, cfg.train.lr)

@@ -55,10 +55,16 @@ def cast(value: Any, kind: Any, name: str) -> Any:
                 return value
             raise ValueError
         if kind is int:
+            if isinstance(value, bool):             # int(True) == 1: YAML `yes` is not a count
+                raise ValueError
+            if isinstance(value, str) and "e" in value.lower():
+                value = float(value)                # '1e3'; '2.5e0' must fail below, not truncate
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return int(value)
         if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)  # PyYAML reads 1e-3 (no dot) as a string
         if kind is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
