@@ -3,15 +3,17 @@
     python bench/train_speed.py                        # vae-mnist on fashion-mnist, 3 rounds
     python bench/train_speed.py --preset seed-ae --dataset mnist-5k
 
-Both train the same architecture on the same training images with Adam; epochs alternate between
-the two recipes so both see the same machine state. Prints seconds per epoch (median of rounds
+Both train the same architecture on the same training images with Adam, each in a fresh process.
+Prints seconds per epoch (median of rounds
 after the first, which warms up), images per second, achieved GFLOP/s and the share of a matrix-
 multiply peak measured here, then aelab's speed-up over the reference against the target.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,52 +48,71 @@ def matmul_peak_gflops(n: int = 1024, repeats: int = 20) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
+def time_recipe(recipe: str, preset: str, dataset: str, rounds: int) -> dict:
+    """Epoch times of one recipe, in this process (run it in a fresh one: see main)."""
+    raw = load_raw(dataset)
+    images = raw.train_images                       # uint8 (N, 1, 28, 28), same for both recipes
+    cfg = resolve_config(preset, overrides={"data.name": dataset})
+    cfg.model.input_shape = tuple(images.shape[1:])
+    times = []
+    if recipe == "reference":
+        model, _, loader, step = make_reference(preset, images)
+        for _ in range(rounds):
+            start = time.perf_counter()
+            train_epoch(loader, step)
+            times.append(time.perf_counter() - start)
+    else:
+        with flush_denormal():                      # as aelab.train.train does for a whole run
+            torch.manual_seed(0)
+            model = build_model(cfg.model)
+            opt = make_optimizer(model, cfg.train.lr)
+            batches = Batches(Split(torch.from_numpy(images), None), cfg.train.batch_size, shuffle=True)
+            for epoch in range(rounds):
+                batches.set_epoch(epoch)
+                start = time.perf_counter()
+                train_one_epoch(model, opt, batches)
+                times.append(time.perf_counter() - start)
+    return {"times": times, "n_images": len(images), "batch_size": cfg.train.batch_size,
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "flops_per_image": linear_flops_per_image(model), "dataset": raw.name,
+            "peak_gflops": matmul_peak_gflops()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="vae-mnist", choices=("vae-mnist", "seed-ae"))
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--rounds", type=int, default=3, help="epochs per recipe (first one is warm-up)")
+    p.add_argument("--recipe", choices=("aelab", "reference"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.recipe:                                 # worker: one recipe, JSON on stdout
+        print(json.dumps(time_recipe(args.recipe, args.preset, args.dataset, args.rounds)))
+        return
 
-    raw = load_raw(args.dataset)
-    images = raw.train_images                       # uint8 (N, 1, 28, 28), same for both
-    n = len(images)
-    cfg = resolve_config(args.preset, overrides={"data.name": args.dataset})
-    cfg.model.input_shape = tuple(images.shape[1:])
-
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    opt = make_optimizer(model, cfg.train.lr)
-    batches = Batches(Split(torch.from_numpy(images), None), cfg.train.batch_size, shuffle=True)
-    ref_model, _, loader, step = make_reference(args.preset, images)
-    n_params = sum(p.numel() for p in model.parameters())
-    assert n_params == sum(p.numel() for p in ref_model.parameters()), "architectures differ"
-
-    times = {"reference (DataLoader)": [], "aelab": []}
-    for epoch in range(args.rounds):
-        start = time.perf_counter()
-        train_epoch(loader, step)
-        times["reference (DataLoader)"].append(time.perf_counter() - start)
-        batches.set_epoch(epoch)
-        with flush_denormal():
-            start = time.perf_counter()
-            train_one_epoch(model, opt, batches)
-            times["aelab"].append(time.perf_counter() - start)
-
-    peak = matmul_peak_gflops()
-    flops = linear_flops_per_image(model) * n
-    print(f"{args.preset} on {raw.name}: {n} training images, batch {cfg.train.batch_size}, "
-          f"{n_params:,} parameters, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"matrix-multiply peak measured now: {peak:.1f} GFLOP/s; "
-          f"matmul floor for one epoch: {flops / peak / 1e9:.2f} s")
+    # Each recipe in a fresh process, so that neither inherits the other's thread or CPU state
+    # (the flush-to-zero flag is per thread and PyTorch's worker threads copy it when they start).
+    results = {}
+    for recipe in ("reference", "aelab"):
+        cmd = [sys.executable, __file__, "--recipe", recipe, "--preset", args.preset,
+               "--dataset", args.dataset, "--rounds", str(args.rounds)]
+        results[recipe] = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                                    text=True).stdout.strip().splitlines()[-1])
+    ref, ours = results["reference"], results["aelab"]
+    assert ref["n_parameters"] == ours["n_parameters"], "the two recipes build different models"
+    n, peak = ours["n_images"], min(ref["peak_gflops"], ours["peak_gflops"])
+    flops = ours["flops_per_image"] * n
+    print(f"{args.preset} on {ours['dataset']}: {n} training images, batch {ours['batch_size']}, "
+          f"{ours['n_parameters']:,} parameters, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"matrix-multiply peak measured in this run: {peak:.0f} GFLOP/s; "
+          f"linear layers' FLOPs (forward + backward) at that peak: {flops / peak / 1e9:.2f} s per epoch")
     print(f"{'recipe':<24}{'s/epoch':>9}{'images/s':>11}{'GFLOP/s':>9}{'% peak':>8}   all epochs (s)")
     medians = {}
-    for name, ts in times.items():
-        med = statistics.median(ts[1:] if len(ts) > 1 else ts)
-        medians[name] = med
-        print(f"{name:<24}{med:>9.2f}{n / med:>11,.0f}{flops / med / 1e9:>9.1f}"
+    for name, label in (("reference", "reference (DataLoader)"), ("aelab", "aelab")):
+        ts = results[name]["times"]
+        med = medians[name] = statistics.median(ts[1:] if len(ts) > 1 else ts)
+        print(f"{label:<24}{med:>9.2f}{n / med:>11,.0f}{flops / med / 1e9:>9.1f}"
               f"{100 * flops / med / 1e9 / peak:>7.0f}%   {', '.join(f'{t:.2f}' for t in ts)}")
-    speedup = medians["reference (DataLoader)"] / medians["aelab"]
+    speedup = medians["reference"] / medians["aelab"]
     verdict = "meets" if speedup >= TARGET_SPEEDUP else "BELOW"
     print(f"aelab speed-up over the reference: {speedup:.2f}x ({verdict} the {TARGET_SPEEDUP:.1f}x target)")
 

@@ -104,7 +104,17 @@ def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Bat
 
 
 def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None) -> TrainResult:
-    """Train ``cfg`` and write its run folder. Returns the folder, model, history and test metrics."""
+    """Train ``cfg`` and write its run folder. Returns the folder, model, history and test metrics.
+
+    Subnormal floats are flushed to zero for the whole call. The CPU flag is per thread and
+    PyTorch's worker threads copy it when they start, so it takes full effect only when no
+    parallel PyTorch work ran before in the process, as with the ``aelab`` command.
+    """
+    with flush_denormal():
+        return _train(cfg, out, progress)
+
+
+def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResult:
     device = resolve_device(cfg.device)
     seed_everything(cfg.train.seed)
     splits = load_splits(cfg.data, cfg.train.seed, device)
@@ -127,23 +137,22 @@ def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None) 
     val_batches = Batches(splits.val, 1000, binarize=cfg.data.binarize)
     progress = sys.stderr.isatty() if progress is None else progress
     history: list[dict] = []
-    with flush_denormal():
-        for epoch in range(1, cfg.train.epochs + 1):
-            batches.set_epoch(epoch)
-            start = time.perf_counter()
-            train_means = train_one_epoch(model, opt, batches, progress, f"epoch {epoch}/{cfg.train.epochs}")
-            seconds = time.perf_counter() - start
-            record = {"epoch": epoch, "train_loss": train_means.pop("loss")}
-            if len(splits.val):
-                val_means = mean_loss(model, val_batches)
-                record["val_loss"] = val_means.pop("loss")
-                record.update({f"val_{k}": v for k, v in val_means.items()})
-            record.update({f"train_{k}": v for k, v in train_means.items()})
-            record["train_seconds"] = round(seconds, 4)
-            history.append(record)
-            write_metrics(run_dir, history)
-            save_model(run_dir, model)
-            log.info(_epoch_line(record, cfg.train.epochs))
+    for epoch in range(1, cfg.train.epochs + 1):
+        batches.set_epoch(epoch)
+        start = time.perf_counter()
+        train_means = train_one_epoch(model, opt, batches, progress, f"epoch {epoch}/{cfg.train.epochs}")
+        seconds = time.perf_counter() - start
+        record = {"epoch": epoch, "train_loss": train_means.pop("loss")}
+        if len(splits.val):
+            val_means = mean_loss(model, val_batches)
+            record["val_loss"] = val_means.pop("loss")
+            record.update({f"val_{k}": v for k, v in val_means.items()})
+        record.update({f"train_{k}": v for k, v in train_means.items()})
+        record["train_seconds"] = round(seconds, 4)
+        history.append(record)
+        write_metrics(run_dir, history)
+        save_model(run_dir, model)
+        log.info(_epoch_line(record, cfg.train.epochs))
 
     test_metrics = evaluate(model, splits.test)
     write_pictures(run_dir, model, splits.test, history, cfg)
