@@ -1,26 +1,38 @@
 """The usual PyTorch recipe, for comparison: a per-sample Dataset that turns each uint8 image into
-a float tensor (as torchvision's MNIST + ToTensor does), a DataLoader, the model written out as in
-pytorch/examples, the loss on sigmoid outputs, plain (unfused) Adam. Nothing here is aelab."""
+a float tensor the way torchvision's MNIST with ToTensor does, a DataLoader, the model written out
+as in pytorch/examples, the loss on sigmoid outputs, plain (unfused) Adam. Nothing here is aelab.
+
+torchvision itself is not installed (its PyPI wheels do not load beside the CPU build of torch
+used here), so its per-sample path is reproduced line for line below."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
 class ImageDataset(Dataset):
-    """One image at a time, converted to float in [0, 1] on access."""
+    """One image at a time, as torchvision.datasets.MNIST.__getitem__ followed by ToTensor()."""
 
     def __init__(self, images: np.ndarray):        # uint8 (N, 1, 28, 28)
-        self.images = torch.from_numpy(images)
+        self.data = torch.from_numpy(images[:, 0])   # MNIST keeps (N, 28, 28) uint8
 
     def __len__(self):
-        return len(self.images)
+        return len(self.data)
 
     def __getitem__(self, i):
-        return self.images[i].float().div(255), 0
+        img = Image.fromarray(self.data[i].numpy())  # MNIST: "consistent with all other datasets"
+        return to_tensor(img), 0
+
+
+def to_tensor(pic: Image.Image) -> torch.Tensor:
+    """torchvision.transforms.functional.to_tensor for an 8-bit grey PIL image."""
+    img = torch.from_numpy(np.array(pic, np.uint8, copy=True))
+    img = img.view(pic.size[1], pic.size[0], 1).permute((2, 0, 1)).contiguous()
+    return img.to(dtype=torch.get_default_dtype()).div(255)
 
 
 class ReferenceVAE(nn.Module):

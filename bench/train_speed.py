@@ -1,6 +1,6 @@
 """Epoch time of aelab against the usual PyTorch recipe (bench/reference.py), in one run.
 
-    python bench/train_speed.py                        # vae-mnist on fashion-mnist, 3 rounds
+    python bench/train_speed.py                        # vae-mnist on fashion-mnist, 10 epochs each
     python bench/train_speed.py --preset seed-ae --dataset mnist-5k
 
 Both train the same architecture on the same training images with Adam, each in a fresh process.
@@ -82,7 +82,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="vae-mnist", choices=("vae-mnist", "seed-ae"))
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--rounds", type=int, default=3, help="epochs per recipe (first one is warm-up)")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="epochs per recipe, as in the presets; the first is a warm-up")
     p.add_argument("--recipe", choices=("aelab", "reference"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.recipe:                                 # worker: one recipe, JSON on stdout

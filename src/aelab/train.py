@@ -85,22 +85,24 @@ def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Bat
     Sums stay on the device so that no step waits for the host.
     """
     model.train()
-    sums: dict[str, torch.Tensor] = {}
-    n = 0
+    names, total, n = None, None, 0
     bar = _progress_bar(len(batches), desc) if progress else None
     for x, _ in batches:
         out = model(x)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
-        for name, value in {"loss": out.loss, **out.terms}.items():
-            sums[name] = sums.get(name, 0) + value.detach() * len(x)
+        parts = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])
+        if total is None:
+            names, total = ["loss", *out.terms], parts * len(x)
+        else:
+            total.add_(parts, alpha=len(x))
         n += len(x)
         if bar is not None:
             bar.update()
     if bar is not None:
         bar.close()
-    return {name: float(total) / n for name, total in sums.items()}
+    return dict(zip(names, (total / n).tolist()))
 
 
 def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None) -> TrainResult:

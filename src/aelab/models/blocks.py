@@ -11,5 +11,5 @@ def mlp(n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
