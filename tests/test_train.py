@@ -83,7 +83,8 @@ def test_config_yaml_holds_the_resolved_config(vae_run, mnist_dir):
     tree = yaml.safe_load((vae_run.run_dir / "config.yaml").read_text())
     assert tree["data"]["data_dir"] == mnist_dir
     assert tree["model"] == {"name": "vae", "input_shape": [1, 28, 28], "latent_dim": 4,
-                             "hidden_dims": [32], "likelihood": "bernoulli", "beta": 1.0,
+                             "hidden_dims": [32], "arch": "mlp", "conv_channels": [32, 64],
+                             "n_classes": 10, "likelihood": "bernoulli", "beta": 1.0,
                              "obs_sigma": 0.0}
     assert tree["train"]["epochs"] == 2
     assert tree["preset"] == "vae-mnist"

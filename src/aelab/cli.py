@@ -16,7 +16,7 @@ TRAIN_FLAGS = {
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
     "latent_dim": "model.latent_dim", "hidden": "model.hidden_dims",
     "likelihood": "model.likelihood", "beta": "model.beta", "seed": "train.seed",
-    "device": "device",
+    "device": "device", "arch": "model.arch", "weight_decay": "train.weight_decay",
 }
 
 
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", help="Adam learning rate")
     t.add_argument("--latent-dim", help="size of the code")
     t.add_argument("--hidden", help="encoder hidden sizes, comma separated: 512,256")
+    t.add_argument("--arch", help="network: mlp | conv (stride-2 convolutions, channels in "
+                   "model.conv_channels)")
+    t.add_argument("--weight-decay", help="Adam's L2 weight decay (default 0)")
     t.add_argument("--likelihood", help="vae: bernoulli | gaussian | mse")
     t.add_argument("--beta", help="vae: weight of the KL term")
     t.add_argument("--seed", help="random seed (data split, order, initialisation, noise)")

@@ -45,6 +45,12 @@ class Splits:
     name: str                   # the dataset really used ("idx" for --data-dir)
     source: str                 # where its files came from
 
+    @property
+    def n_classes(self) -> int:
+        """1 + the largest training label, or 0 without labels."""
+        labels = self.train.labels
+        return int(labels.max()) + 1 if labels is not None and len(labels) else 0
+
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "image_shape": list(self.train.image_shape),
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test)}

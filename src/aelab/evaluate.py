@@ -25,8 +25,8 @@ def evaluate(model: Autoencoder, split: Split, batch_size: int = 1000, seed: int
     sums: dict[str, torch.Tensor] = {}
     with torch.random.fork_rng(devices=_cuda_devices(split)):
         torch.manual_seed(seed)
-        for x, _ in Batches(split, batch_size):
-            for name, values in model.metrics(x).items():
+        for x, y in Batches(split, batch_size):
+            for name, values in model.metrics(x, y).items():
                 sums[name] = sums.get(name, 0) + values.double().sum()
     n = len(split)
     return {name: float(total) / n for name, total in sums.items()}
@@ -37,8 +37,8 @@ def mean_loss(model: Autoencoder, batches: Batches) -> dict[str, float]:
     """The training objective and its parts averaged per image (``loss``, ``rec``, ``kl``...)."""
     model.eval()
     sums, n = {}, 0
-    for x, _ in batches:
-        out = model(x)
+    for x, y in batches:
+        out = model(x, y)
         for name, value in {"loss": out.loss, **out.terms}.items():
             sums[name] = sums.get(name, 0) + value.detach().double() * len(x)
         n += len(x)

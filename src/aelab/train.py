@@ -15,7 +15,7 @@ import torch
 from . import __version__
 from .config import RunConfig
 from .data import Batches, Split, load_splits
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluate import evaluate, mean_loss
 from .models import Autoencoder, build_model
 from .runs import create_run_dir, save_model, write_config, write_metrics, write_run_info
@@ -53,12 +53,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Adam; the fused kernel (one pass over all parameters) where this PyTorch has it."""
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (L2 weight decay if asked); the fused kernel where this PyTorch has it."""
     try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 @contextlib.contextmanager
@@ -87,8 +87,8 @@ def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Bat
     model.train()
     names, total, n = None, None, 0
     bar = _progress_bar(len(batches), desc) if progress else None
-    for x, _ in batches:
-        out = model(x)
+    for x, y in batches:
+        out = model(x, y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
@@ -122,8 +122,11 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResul
     splits = load_splits(cfg.data, cfg.train.seed, device)
     cfg.data.name = splits.name                  # record the data really used (mnist-5k fallback)
     cfg.model.input_shape = splits.train.image_shape
+    cfg.model.n_classes = splits.n_classes
     model = build_model(cfg.model).to(device)
-    opt = make_optimizer(model, cfg.train.lr)
+    if model.needs_labels and splits.train.labels is None:
+        raise DataError(f"a {cfg.model.name} trains on labels, and this data has no label files")
+    opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     run_dir = create_run_dir(out, cfg.preset or cfg.model.name)
     write_config(run_dir, cfg)
     info = {"aelab_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -141,6 +144,7 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResul
     history: list[dict] = []
     for epoch in range(1, cfg.train.epochs + 1):
         batches.set_epoch(epoch)
+        model.start_epoch(epoch)
         start = time.perf_counter()
         train_means = train_one_epoch(model, opt, batches, progress, f"epoch {epoch}/{cfg.train.epochs}")
         seconds = time.perf_counter() - start
@@ -150,6 +154,7 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResul
             record["val_loss"] = val_means.pop("loss")
             record.update({f"val_{k}": v for k, v in val_means.items()})
         record.update({f"train_{k}": v for k, v in train_means.items()})
+        record.update(model.epoch_stats())
         record["train_seconds"] = round(seconds, 4)
         history.append(record)
         write_metrics(run_dir, history)

@@ -17,9 +17,9 @@ def tiny_ae(**options):
                                                "hidden_dims": (16,), **options}))
 
 
-def linear_shapes(seq: nn.Sequential) -> list[tuple[int, int]]:
+def linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
     """(in_features, out_features) of each Linear layer, in order."""
-    return [(m.in_features, m.out_features) for m in seq if isinstance(m, nn.Linear)]
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
 
 
 def test_default_loss_is_the_study_mse(tiny_images):
@@ -52,7 +52,7 @@ def test_unknown_loss_is_a_config_error():
 
 def test_the_code_is_linear_and_can_be_negative(tiny_images):
     model = tiny_ae()
-    assert isinstance(model.encoder[-1], nn.Linear)           # no ReLU / sigmoid on the code
+    assert isinstance(list(model.encoder.modules())[-1], nn.Linear)           # no ReLU / sigmoid on the code
     with torch.no_grad():
         z = model.embed(tiny_images)
     assert z.shape == (4, 3)
@@ -76,7 +76,7 @@ def test_seed_ae_preset_is_784_512_256_64_mirrored():
     model = build_model(resolve_config("seed-ae").model)
     assert linear_shapes(model.encoder) == [(784, 512), (512, 256), (256, 64)]
     assert linear_shapes(model.decoder) == [(64, 256), (256, 512), (512, 784)]
-    relus = [m for m in model.encoder if isinstance(m, nn.ReLU)]
+    relus = [m for m in model.encoder.modules() if isinstance(m, nn.ReLU)]
     assert len(relus) == 2                                    # between the Linear layers only
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..losses import bernoulli_nll, mse_per_pixel
 from .base import Autoencoder, ModelConfig, ModelOutput
-from .blocks import mlp
+from .blocks import Decoder, Encoder
 from .registry import register
 
 AE_LOSSES = ("mse", "bce")
@@ -35,16 +35,16 @@ class AE(Autoencoder):
 
     def __init__(self, cfg: AEConfig):
         super().__init__(cfg)
-        self.encoder = mlp(self.n_pixels, cfg.hidden_dims, cfg.latent_dim)
-        self.decoder = mlp(cfg.latent_dim, cfg.hidden_dims[::-1], self.n_pixels)
+        self.encoder = Encoder(cfg, cfg.latent_dim)
+        self.decoder = Decoder(cfg, cfg.latent_dim)
 
     def encode(self, x: Tensor) -> Tensor:      # (B, C, H, W) -> (B, latent_dim)
-        return self.encoder(x.flatten(1))
+        return self.encoder(x)
 
     def decode(self, z: Tensor) -> Tensor:      # (B, latent_dim) -> logits (B, C, H, W)
-        return self.decoder(z).view(-1, *self.cfg.input_shape)
+        return self.decoder(z)
 
-    def forward(self, x: Tensor) -> ModelOutput:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> ModelOutput:
         z = self.encode(x)
         logits = self.decode(z)
         if self.cfg.loss == "mse":

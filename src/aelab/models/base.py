@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..losses import bernoulli_nll, mse_per_pixel
+from .blocks import ARCHS
 
 
 @dataclass
@@ -16,7 +17,10 @@ class ModelConfig:
     name: str = ""
     input_shape: tuple[int, ...] = (1, 28, 28)   # (C, H, W); set from the data, never by hand
     latent_dim: int = 16
-    hidden_dims: tuple[int, ...] = (512, 256)    # encoder widths; the decoder mirrors them
+    hidden_dims: tuple[int, ...] = (512, 256)    # fully connected widths; the decoder mirrors them
+    arch: str = "mlp"                            # mlp | conv
+    conv_channels: tuple[int, ...] = (32, 64)    # conv: channels of the stride-2 convolutions
+    n_classes: int = 0                           # set from the data's labels (0: no labels)
 
     def __post_init__(self):
         if self.latent_dim < 1:
@@ -25,6 +29,16 @@ class ModelConfig:
             raise ConfigError(f"hidden sizes must be at least 1, got {list(self.hidden_dims)}")
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ConfigError(f"input_shape must be (C, H, W), got {list(self.input_shape)}")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"unknown arch {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if self.arch == "conv":
+            if not self.conv_channels or min(self.conv_channels) < 1:
+                raise ConfigError(f"conv_channels must be positive, got {list(self.conv_channels)}")
+            scale = 2 ** len(self.conv_channels)
+            if self.input_shape[1] % scale or self.input_shape[2] % scale:
+                raise ConfigError(f"conv arch with {len(self.conv_channels)} stride-2 layers needs image "
+                                  f"sides divisible by {scale}, got "
+                                  f"{self.input_shape[1]}x{self.input_shape[2]}")
 
 
 @dataclass
@@ -41,6 +55,7 @@ class Autoencoder(nn.Module):
     config_cls = ModelConfig
     family = ""                   # set by @register
     can_sample = False
+    needs_labels = False          # True: forward/metrics use y, and training data must have labels
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -53,8 +68,16 @@ class Autoencoder(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> ModelOutput:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> ModelOutput:
+        """The training loss on a batch; y (B,) holds labels where the family uses them."""
         raise NotImplementedError
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each epoch (1-based): schedules such as a KL warm-up."""
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Called after each training epoch: statistics to log (e.g. codebook usage), then reset."""
+        return {}
 
     def embed(self, x: Tensor) -> Tensor:
         """The deterministic code of x, (B, latent_dim)."""
@@ -65,7 +88,7 @@ class Autoencoder(nn.Module):
         return torch.sigmoid(self.decode(self.embed(x)))
 
     @torch.no_grad()
-    def metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         """Per-image evaluation measures, each (B,): recon_mse per pixel, recon_bce in nats."""
         logits = self.decode(self.embed(x))
         return {"recon_mse": mse_per_pixel(torch.sigmoid(logits), x),

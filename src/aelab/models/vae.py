@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..losses import (bernoulli_nll, gaussian_nll, kl_std_normal, mse_as_gaussian_nll,
                       mse_per_pixel, reparameterize)
 from .base import Autoencoder, ModelConfig, ModelOutput
-from .blocks import mlp
+from .blocks import Decoder, Encoder
 from .registry import register
 
 LIKELIHOODS = ("bernoulli", "gaussian", "mse")
@@ -53,19 +53,19 @@ class VAE(Autoencoder):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__(cfg)
-        self.encoder = mlp(self.n_pixels, cfg.hidden_dims, 2 * cfg.latent_dim)
-        self.decoder = mlp(cfg.latent_dim, cfg.hidden_dims[::-1], self.n_pixels)
+        self.encoder = Encoder(cfg, 2 * cfg.latent_dim)
+        self.decoder = Decoder(cfg, cfg.latent_dim)
         if cfg.likelihood == "gaussian" and cfg.obs_sigma == 0:
             self.log_sigma = nn.Parameter(torch.zeros(()))
         else:
             self.register_buffer("log_sigma", torch.tensor(math.log(cfg.obs_sigma or 1.0)))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:   # -> mu, logvar: (B, latent_dim) each
-        mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar
 
     def decode(self, z: Tensor) -> Tensor:                   # -> logits (B, C, H, W)
-        return self.decoder(z).view(-1, *self.cfg.input_shape)
+        return self.decoder(z)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.encode(x)[0]
@@ -78,7 +78,7 @@ class VAE(Autoencoder):
             return gaussian_nll(torch.sigmoid(logits), x, self.log_sigma)
         return mse_per_pixel(torch.sigmoid(logits), x)
 
-    def forward(self, x: Tensor) -> ModelOutput:
+    def forward(self, x: Tensor, y: Tensor | None = None) -> ModelOutput:
         mu, logvar = self.encode(x)
         z = reparameterize(mu, logvar)
         logits = self.decode(z)
@@ -95,9 +95,9 @@ class VAE(Autoencoder):
         return torch.sigmoid(self.decode(z))
 
     @torch.no_grad()
-    def metrics(self, x: Tensor) -> dict[str, Tensor]:
+    def metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         """Adds ``kl`` and ``elbo`` (nats per image, z drawn from q(z|x), beta = 1: the true bound)."""
-        out = super().metrics(x)
+        out = super().metrics(x, y)
         mu, logvar = self.encode(x)
         rec = self.reconstruction_nll(self.decode(reparameterize(mu, logvar)), x)
         if self.cfg.likelihood == "mse":
