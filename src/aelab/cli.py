@@ -17,6 +17,8 @@ TRAIN_FLAGS = {
     "latent_dim": "model.latent_dim", "hidden": "model.hidden_dims",
     "likelihood": "model.likelihood", "beta": "model.beta", "seed": "train.seed",
     "device": "device", "arch": "model.arch", "weight_decay": "train.weight_decay",
+    "sparsity": "model.sparsity", "noise": "model.noise", "contractive": "model.contractive",
+    "kl_warmup": "model.kl_warmup", "k": "model.k",
 }
 
 
@@ -64,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weight-decay", help="Adam's L2 weight decay (default 0)")
     t.add_argument("--likelihood", help="vae: bernoulli | gaussian | mse")
     t.add_argument("--beta", help="vae: weight of the KL term")
+    t.add_argument("--sparsity", help="ae: penalty on the code, l1:WEIGHT or kl:RHO:WEIGHT")
+    t.add_argument("--noise", help="ae: denoising corruption in training, gaussian:SIGMA, "
+                   "mask:P or saltpepper:P")
+    t.add_argument("--contractive", help="ae: weight of the encoder Jacobian's squared "
+                   "Frobenius norm")
+    t.add_argument("--kl-warmup", help="vae family: epochs over which the KL weight rises to beta")
+    t.add_argument("--k", help="iwae: importance samples per image")
     t.add_argument("--seed", help="random seed (data split, order, initialisation, noise)")
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps")
     t.add_argument("--binarize", action="store_true", help="dynamic binarisation of the inputs")
@@ -85,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=_positive_int, default=64, help="number of images (default 64)")
     s.add_argument("-o", "--output", default="samples.png", help="PNG file (default samples.png)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--label", type=int, help="class to draw (label-conditional models: cvae)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_sample)
 
@@ -93,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", choices=("test", "val"), default="test")
     r.add_argument("-n", type=_positive_int, default=32, help="number of images (default 32)")
     r.add_argument("-o", "--output", default="reconstructions.png", help="PNG file")
+    r.add_argument("--noise", help="corrupt the inputs first (gaussian:SIGMA, mask:P, "
+                   "saltpepper:P): rows of noisy inputs, outputs and clean targets")
+    r.add_argument("--seed", type=int, default=0, help="seed of the corruption")
     r.set_defaults(func=cmd_reconstruct)
 
     sub.add_parser("datasets", help="known datasets and whether each is available here"

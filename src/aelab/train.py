@@ -161,6 +161,8 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResul
         save_model(run_dir, model)
         log.info(_epoch_line(record, cfg.train.epochs))
 
+    model.after_training(Batches(splits.train, cfg.train.batch_size))
+    save_model(run_dir, model)
     test_metrics = evaluate(model, splits.test)
     write_pictures(run_dir, model, splits.test, history, cfg)
     write_run_info(run_dir, {**info, "test_metrics": test_metrics})

@@ -75,9 +75,17 @@ class Autoencoder(nn.Module):
     def start_epoch(self, epoch: int) -> None:
         """Called by the trainer before each epoch (1-based): schedules such as a KL warm-up."""
 
+    def after_training(self, batches) -> None:
+        """Called once after the last epoch with the training batches: e.g. fit a prior on codes."""
+
     def epoch_stats(self) -> dict[str, float]:
         """Called after each training epoch: statistics to log (e.g. codebook usage), then reset."""
         return {}
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: Tensor | None = None) -> Tensor:
+        """n new images in [0, 1], (n, C, H, W); only families with ``can_sample``."""
+        raise NotImplementedError(f"{self.family} cannot sample")
 
     def embed(self, x: Tensor) -> Tensor:
         """The deterministic code of x, (B, latent_dim)."""

@@ -88,7 +88,8 @@ class VAE(Autoencoder):
         return ModelOutput(loss=loss, logits=logits, z=z, terms={"rec": rec.mean(), "kl": kl.mean()})
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: Tensor | None = None) -> Tensor:
         """Mean images decoded from z ~ N(0, I), (n, C, H, W) in [0, 1]."""
         device = self.log_sigma.device
         z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)
