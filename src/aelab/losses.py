@@ -54,3 +54,97 @@ def mse_as_gaussian_nll(mse: Tensor, n_pixels: int) -> Tensor:
     decoder is that noisy (sigma ~ 19.8 for D = 784); adding the normaliser makes it a true bound.
     """
     return mse + 0.5 * n_pixels * (LOG_2PI + math.log(n_pixels / 2))
+
+
+# ---------------------------------------------------------------- continuous Bernoulli
+
+
+def continuous_bernoulli_log_norm(logits: Tensor) -> Tensor:
+    """log C(lambda), the continuous Bernoulli's log normaliser, per element, from logits eta.
+
+    Loaiza-Ganem & Cunningham 2019 (arXiv:1907.06845), eq. 7: C(lambda) = 2 artanh(1 - 2 lambda) /
+    (1 - 2 lambda), and C(1/2) = 2. With lambda = sigmoid(eta) this is eta / tanh(eta / 2), so
+    log C = log|eta| - log tanh(|eta| / 2): exact for large |eta| (C ~ |eta|). Near eta = 0 both logs
+    cancel, so there the Taylor series log C = log 2 + eta^2 / 12 - 7 eta^4 / 1440 is used (its error
+    is below 1e-9 for |eta| < 0.1), as PyTorch's ContinuousBernoulli does near lambda = 1/2.
+    """
+    a = logits.abs()
+    small = a < 0.1
+    safe = torch.where(small, torch.ones_like(a), a)   # no 0/0 in the unused branch, nor in its grad
+    far = torch.log(safe) - torch.log(torch.tanh(safe / 2))
+    near = math.log(2) + a.square() / 12 - 7 * a.pow(4) / 1440
+    return torch.where(small, near, far)
+
+
+def continuous_bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """-log p(x | lambda) of a continuous Bernoulli per pixel, summed over pixels (nats per image).
+
+    Loaiza-Ganem & Cunningham 2019, eq. 7: p(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x)
+    on x in [0, 1], so -log p = BCE-with-logits(eta, x) - log C(lambda). A proper density for grey
+    pixels, unlike the Bernoulli, so the ELBO it gives is a real bound (and can be positive).
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    return (bce - continuous_bernoulli_log_norm(logits)).flatten(1).sum(-1)
+
+
+def continuous_bernoulli_mean(logits: Tensor) -> Tensor:
+    """E[x] of a continuous Bernoulli, per element, in [0, 1] (not sigmoid(eta)).
+
+    Loaiza-Ganem & Cunningham 2019, section 3: E[x] = lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2
+    lambda)). With u = eta / 2 this is 1/2 + (coth u - 1/u) / 2 (half the Langevin function), taken
+    from its Taylor series u/3 - u^3/45 + 2 u^5/945 for |u| < 0.05, where coth u - 1/u cancels.
+    """
+    u = logits / 2
+    small = u.abs() < 0.05
+    safe = torch.where(small, torch.ones_like(u), u)
+    far = 1 / torch.tanh(safe) - 1 / safe
+    near = u / 3 - u.pow(3) / 45 + 2 * u.pow(5) / 945
+    return 0.5 + 0.5 * torch.where(small, near, far)
+
+
+# ---------------------------------------------------------------- importance weighting
+
+
+def log_normal_diag(z: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | float = 0.0) -> Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension; the defaults give N(0, I).
+
+    Used for log q(z|x) and log p(z) in the importance weights of Burda et al. 2016
+    (arXiv:1509.00519), eq. 8: w = p(x, z) / q(z|x).
+    """
+    mu = torch.as_tensor(mu, dtype=z.dtype, device=z.device)
+    logvar = torch.as_tensor(logvar, dtype=z.dtype, device=z.device)
+    return -0.5 * ((z - mu).square() * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def iwae_bound(log_w: Tensor, dim: int = 0) -> Tensor:
+    """The k-sample importance weighted bound log (1/k) sum_i w_i from log weights, k = size of dim.
+
+    Burda et al. 2016 (arXiv:1509.00519), eq. 8: L_k = E[log (1/k) sum_i p(x, z_i) / q(z_i|x)],
+    z_i ~ q(z|x). logsumexp keeps it finite when every w_i underflows (log w ~ -1000 nats).
+    L_1 is the ELBO; E[L_k] rises with k towards log p(x). Higher is better.
+    """
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+# ---------------------------------------------------------------- vector quantisation
+
+
+def straight_through(z_e: Tensor, z_q: Tensor) -> Tensor:
+    """z_q in the forward pass, the identity towards z_e in the backward pass.
+
+    van den Oord et al. 2017 (arXiv:1711.00937), section 3.2: the decoder's input gradient is
+    copied to the encoder output, since the nearest-neighbour lookup has no useful gradient.
+    """
+    return z_e + (z_q - z_e).detach()
+
+
+def vq_codebook_loss(z_e: Tensor, e: Tensor) -> Tensor:
+    """||sg[z_e] - e||^2 summed over all but the batch dimension, (B,): moves the chosen code
+    vectors e towards the encoder outputs z_e. van den Oord et al. 2017, eq. 3, second term."""
+    return (z_e.detach() - e).square().flatten(1).sum(-1)
+
+
+def vq_commitment_loss(z_e: Tensor, e: Tensor) -> Tensor:
+    """||z_e - sg[e]||^2 summed over all but the batch dimension, (B,): keeps the encoder outputs
+    near their code vectors. van den Oord et al. 2017, eq. 3, third term (weighted by beta there)."""
+    return (z_e - e.detach()).square().flatten(1).sum(-1)

@@ -37,15 +37,22 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int = 8) -> None:
     save_png(grid(images, ncol), path)
 
 
+def save_rows(batches: list[torch.Tensor], path: str | Path, ncol: int = 8) -> None:
+    """Bands of rows, one row from each batch in turn: images 0..ncol-1 of every batch, then the next
+    ncol of every batch, and so on. The batches are (N, C, H, W) in [0, 1] with the same N."""
+    batches = [b.detach().cpu() for b in batches]
+    if len({len(b) for b in batches}) > 1:
+        raise ValueError(f"batches of different sizes: {[len(b) for b in batches]}")
+    rows = []
+    for start in range(0, len(batches[0]), ncol):
+        rows += [b[start:start + ncol] for b in batches]
+    save_grid(torch.cat([_pad_row(r, ncol) for r in rows]), path, ncol)
+
+
 def save_reconstructions(originals: torch.Tensor, recons: torch.Tensor, path: str | Path,
                          ncol: int = 8) -> None:
     """Rows of originals, each directly above a row of their reconstructions."""
-    originals, recons = originals.detach().cpu(), recons.detach().cpu()
-    rows = []
-    for start in range(0, len(originals), ncol):
-        rows += [originals[start:start + ncol], recons[start:start + ncol]]
-    pairs = torch.cat([_pad_row(r, ncol) for r in rows])
-    save_grid(pairs, path, ncol)
+    save_rows([originals, recons], path, ncol)
 
 
 def save_loss_curve(history: list[dict], path: str | Path, title: str = "") -> None:

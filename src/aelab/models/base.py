@@ -87,12 +87,12 @@ class Autoencoder(nn.Module):
         """n new images in [0, 1], (n, C, H, W); only families with ``can_sample``."""
         raise NotImplementedError(f"{self.family} cannot sample")
 
-    def embed(self, x: Tensor) -> Tensor:
-        """The deterministic code of x, (B, latent_dim)."""
+    def embed(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The deterministic code of x, (B, latent_dim); y (B,): labels, for families that use them."""
         return self.encode(x)
 
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Mean reconstruction in [0, 1], (B, C, H, W)."""
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Mean reconstruction in [0, 1], (B, C, H, W); y (B,): labels, for families that use them."""
         return torch.sigmoid(self.decode(self.embed(x)))
 
     @torch.no_grad()

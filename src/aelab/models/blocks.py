@@ -28,6 +28,28 @@ def conv_grid(input_shape, channels) -> tuple[int, int, int]:
     return channels[-1], h // scale, w // scale
 
 
+def conv_stack(in_channels: int, channels: tuple[int, ...]) -> nn.Sequential:
+    """Stride-2 4x4 convolutions, each followed by ReLU: (B, C, H, W) -> (B, channels[-1], H', W'),
+    with H' and W' as ``conv_grid`` gives them. The spatial features before any flattening."""
+    layers: list[nn.Module] = []
+    for c_out in channels:
+        layers += [nn.Conv2d(in_channels, c_out, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        in_channels = c_out
+    return nn.Sequential(*layers)
+
+
+def deconv_stack(channels: tuple[int, ...], out_channels: int) -> nn.Sequential:
+    """The mirror of ``conv_stack(out_channels, channels)``: stride-2 4x4 transposed convolutions
+    from channels[-1] to out_channels, ReLU between them, none after the last (logits)."""
+    sizes = (*reversed(channels), out_channels)
+    layers: list[nn.Module] = []
+    for i, (c_in, c_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
 class Encoder(nn.Module):
     """Images (B, C, H, W) [+ extra features (B, n_extra)] -> (B, n_out).
 
@@ -38,12 +60,8 @@ class Encoder(nn.Module):
     def __init__(self, cfg, n_out: int, n_extra: int = 0):
         super().__init__()
         if cfg.arch == "conv":
-            layers: list[nn.Module] = []
-            c_in = cfg.input_shape[0]
-            for c_out in cfg.conv_channels:
-                layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
-                c_in = c_out
-            self.features = nn.Sequential(*layers, nn.Flatten())
+            self.features = nn.Sequential(*conv_stack(cfg.input_shape[0], cfg.conv_channels),
+                                          nn.Flatten())
             n_features = math.prod(conv_grid(cfg.input_shape, cfg.conv_channels))
         else:
             self.features = nn.Flatten()
@@ -65,14 +83,9 @@ class Decoder(nn.Module):
         hidden = tuple(reversed(cfg.hidden_dims))
         if cfg.arch == "conv":
             grid = conv_grid(cfg.input_shape, cfg.conv_channels)
-            layers: list[nn.Module] = [mlp(n_in, hidden, math.prod(grid)), nn.ReLU(inplace=True),
-                                       nn.Unflatten(1, grid)]
-            channels = (*reversed(cfg.conv_channels), cfg.input_shape[0])
-            for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
-                layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
-                if i < len(channels) - 2:
-                    layers.append(nn.ReLU(inplace=True))
-            self.net = nn.Sequential(*layers)
+            self.net = nn.Sequential(mlp(n_in, hidden, math.prod(grid)), nn.ReLU(inplace=True),
+                                     nn.Unflatten(1, grid),
+                                     *deconv_stack(cfg.conv_channels, cfg.input_shape[0]))
         else:
             self.net = nn.Sequential(mlp(n_in, hidden, math.prod(cfg.input_shape)),
                                      nn.Unflatten(1, tuple(cfg.input_shape)))

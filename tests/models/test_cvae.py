@@ -1,0 +1,147 @@
+"""CVAE: the one-hot label into both networks, labels required for the loss, class-conditional
+samples, and reconstructions with the given (or the most likely) label."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aelab.errors import DataError
+from aelab.losses import bernoulli_nll, kl_std_normal, reparameterize
+from aelab.models import build_model, model_config_from_dict
+from aelab.models.cvae import CVAE
+from aelab.models.vae import VAE
+
+N_CLASSES = 3
+
+
+def tiny_cvae(seed=0, **options):
+    torch.manual_seed(seed)
+    return build_model(model_config_from_dict({"name": "cvae", "input_shape": (1, 8, 8), "latent_dim": 2,
+                                               "hidden_dims": (16,), "n_classes": N_CLASSES, **options}))
+
+
+LABELS = torch.tensor([0, 1, 2, 1])
+
+
+def test_a_cvae_is_a_vae_whose_networks_also_take_the_one_hot_label():
+    model = tiny_cvae()
+    assert isinstance(model, CVAE) and isinstance(model, VAE) and model.needs_labels and model.can_sample
+    assert model.encoder.head[0].in_features == 64 + N_CLASSES
+    assert model.decoder.net[0][0].in_features == 2 + N_CLASSES
+
+
+def test_encode_and_decode_concatenate_the_one_hot_label(tiny_images):
+    model = tiny_cvae()
+    one_hot = F.one_hot(LABELS, N_CLASSES).float()
+    mu, logvar = model.encode(tiny_images, LABELS)
+    expected = model.encoder.head(torch.cat([tiny_images.flatten(1), one_hot], 1)).chunk(2, -1)
+    torch.testing.assert_close((mu, logvar), expected)
+    torch.testing.assert_close(model.decode(mu, LABELS), model.decoder(torch.cat([mu, one_hot], 1)))
+
+
+def test_loss_is_the_vae_loss_with_the_label_in_both_networks(tiny_images):
+    model = tiny_cvae()
+    torch.manual_seed(4)
+    out = model(tiny_images, LABELS)
+    mu, logvar = model.encode(tiny_images, LABELS)
+    torch.manual_seed(4)
+    z = reparameterize(mu, logvar)
+    rec = bernoulli_nll(model.decode(z, LABELS), tiny_images)
+    torch.testing.assert_close(out.loss, (rec + kl_std_normal(mu, logvar)).mean())
+    torch.manual_seed(4)
+    assert not torch.allclose(model(tiny_images, (LABELS + 1) % N_CLASSES).loss, out.loss)
+
+
+def test_loss_and_metrics_need_the_labels(tiny_images):
+    model = tiny_cvae()
+    with pytest.raises(DataError, match="needs the labels"):
+        model(tiny_images)
+    with pytest.raises(DataError, match="needs the labels"):
+        model.metrics(tiny_images)
+
+
+def test_metrics_are_the_vaes_with_the_label(tiny_images):
+    model = tiny_cvae().eval()
+    torch.manual_seed(2)
+    metrics = model.metrics(tiny_images, LABELS)
+    assert set(metrics) == {"recon_mse", "recon_bce", "kl", "elbo"}
+    with torch.no_grad():
+        mu, logvar = model.encode(tiny_images, LABELS)
+        torch.manual_seed(2)
+        z = reparameterize(mu, logvar)
+        expected = -bernoulli_nll(model.decode(z, LABELS), tiny_images) - kl_std_normal(mu, logvar)
+    torch.testing.assert_close(metrics["elbo"], expected)
+
+
+def test_sample_draws_the_given_classes_and_cycles_through_all_of_them_by_default():
+    model = tiny_cvae().eval()
+    gen = lambda: torch.Generator().manual_seed(0)     # noqa: E731
+    default = model.sample(7, generator=gen())
+    cycled = model.sample(7, generator=gen(), labels=torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    assert torch.equal(default, cycled)
+    twos = model.sample(7, generator=gen(), labels=torch.full((7,), 2))
+    with torch.no_grad():
+        z = torch.randn(7, 2, generator=gen())
+        torch.testing.assert_close(twos, torch.sigmoid(model.decode(z, torch.full((7,), 2))))
+    assert not torch.allclose(twos[:2], default[:2])
+    assert twos.shape == (7, 1, 8, 8) and twos.min() >= 0 and twos.max() <= 1
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([0, 3]), torch.tensor([-1, 0]), torch.tensor([0, 1, 2])])
+def test_sample_rejects_labels_outside_the_classes_or_of_the_wrong_length(labels):
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+        tiny_cvae().sample(2, labels=labels)
+
+
+def test_reconstruct_and_embed_use_the_given_label(tiny_images):
+    model = tiny_cvae().eval()
+    with torch.no_grad():
+        recon = model.reconstruct(tiny_images, LABELS)
+        mu = model.encode(tiny_images, LABELS)[0]
+        torch.testing.assert_close(recon, torch.sigmoid(model.decode(mu, LABELS)))
+        torch.testing.assert_close(model.embed(tiny_images, LABELS), mu)
+        assert not torch.allclose(model.reconstruct(tiny_images, (LABELS + 1) % N_CLASSES), recon)
+
+
+def test_without_a_label_reconstruct_and_embed_use_the_most_likely_one(tiny_images):
+    model = tiny_cvae().eval()
+    guess = model.most_likely_labels(tiny_images)
+    with torch.no_grad():
+        scores = []
+        for c in range(N_CLASSES):
+            y = torch.full((4,), c)
+            mu, logvar = model.encode(tiny_images, y)
+            scores.append(-bernoulli_nll(model.decode(mu, y), tiny_images) - kl_std_normal(mu, logvar))
+        torch.testing.assert_close(guess, torch.stack(scores, 1).argmax(1))
+        torch.testing.assert_close(model.reconstruct(tiny_images), model.reconstruct(tiny_images, guess))
+        torch.testing.assert_close(model.embed(tiny_images), model.embed(tiny_images, guess))
+
+
+def test_a_trained_cvae_finds_the_class_of_unlabelled_images():
+    """Two classes of 8x8 images (bright top half or bright bottom half): after some steps the
+    label with the best ELBO is the true one."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 2
+    x = torch.rand(64, 1, 8, 8, generator=gen) * 0.2
+    x[y == 0, :, :4] += 0.7
+    x[y == 1, :, 4:] += 0.7
+    model = tiny_cvae(n_classes=2, hidden_dims=(32,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        model(x, y).loss.backward()
+        opt.step()
+    model.eval()
+    assert (model.most_likely_labels(x) == y).float().mean() >= 0.95
+
+
+def test_without_classes_a_cvae_is_a_plain_vae(tiny_images):
+    cvae = tiny_cvae(n_classes=0)
+    vae = build_model(model_config_from_dict({"name": "vae", "input_shape": (1, 8, 8), "latent_dim": 2,
+                                              "hidden_dims": (16,)}))
+    vae.load_state_dict(cvae.state_dict())
+    torch.manual_seed(0)
+    a = cvae(tiny_images)
+    torch.manual_seed(0)
+    assert torch.equal(a.loss, vae(tiny_images).loss)
