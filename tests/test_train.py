@@ -19,7 +19,8 @@ from aelab.models import build_model
 from aelab.runs import create_run_dir
 from aelab.train import flush_denormal, make_optimizer, resolve_device, train, train_one_epoch
 
-RUN_FILES = {"config.yaml", "run.json", "metrics.jsonl", "model.safetensors", "reconstructions.png",
+RUN_FILES = {"config.yaml", "run.json", "checkpoint.safetensors", "metrics.jsonl", "model.safetensors",
+             "reconstructions.png",
              "loss.png"}
 
 
@@ -85,7 +86,7 @@ def test_config_yaml_holds_the_resolved_config(vae_run, mnist_dir):
     assert tree["model"] == {"name": "vae", "input_shape": [1, 28, 28], "latent_dim": 4,
                              "hidden_dims": [32], "arch": "mlp", "conv_channels": [32, 64],
                              "n_classes": 10, "likelihood": "bernoulli", "beta": 1.0,
-                             "obs_sigma": 0.0}
+                             "obs_sigma": 0.0, "kl_warmup": 0}
     assert tree["train"]["epochs"] == 2
     assert tree["preset"] == "vae-mnist"
 

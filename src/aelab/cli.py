@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,13 +19,15 @@ TRAIN_FLAGS = {
     "likelihood": "model.likelihood", "beta": "model.beta", "seed": "train.seed",
     "device": "device", "arch": "model.arch", "weight_decay": "train.weight_decay",
     "sparsity": "model.sparsity", "noise": "model.noise", "contractive": "model.contractive",
-    "kl_warmup": "model.kl_warmup", "k": "model.k",
+    "kl_warmup": "model.kl_warmup", "k": "model.k", "grad_clip": "train.grad_clip",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     _setup_logging()
     try:
         return args.func(args) or 0
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", help="network: mlp | conv (stride-2 convolutions, channels in "
                    "model.conv_channels)")
     t.add_argument("--weight-decay", help="Adam's L2 weight decay (default 0)")
-    t.add_argument("--likelihood", help="vae: bernoulli | gaussian | mse")
+    t.add_argument("--likelihood", help="vae family: bernoulli | continuous-bernoulli | gaussian | mse")
     t.add_argument("--beta", help="vae: weight of the KL term")
     t.add_argument("--sparsity", help="ae: penalty on the code, l1:WEIGHT or kl:RHO:WEIGHT")
     t.add_argument("--noise", help="ae: denoising corruption in training, gaussian:SIGMA, "
@@ -78,8 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--binarize", action="store_true", help="dynamic binarisation of the inputs")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value by dotted path, e.g. data.val_fraction=0.2 (repeatable)")
+    t.add_argument("--grad-clip", help="clip the gradients' global norm (default 0: off)")
     t.add_argument("--out", help="run folder (default runs/<preset-or-model>-<time>)")
+    t.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last "
+                   "checkpoint, with its config (only --epochs may be changed)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+    t.add_argument("--nproc", type=_positive_int, help="train in N processes with DDP: runs "
+                   "`torchrun --standalone --nproc_per_node N -m aelab train ...` (gloo on CPU, "
+                   "nccl on CUDA)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="metrics of a trained run on its test (or validation) split")
@@ -129,6 +138,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args) -> int:
     from .config import resolve_config
     from .train import train
+    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(args.nproc, args.argv)
     overrides = {path: getattr(args, flag) for flag, path in TRAIN_FLAGS.items()
                  if getattr(args, flag) is not None}
     if args.dataset is not None:
@@ -140,8 +151,19 @@ def cmd_train(args) -> int:
         if not sep or not key:
             raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
         overrides[key.strip()] = value
+    progress = False if args.no_progress else None
+    if args.resume:
+        extra = sorted(k for k in overrides if k != "train.epochs")
+        if extra or args.preset or args.config or args.out:
+            raise ConfigError("--resume continues a run with its own config; only --epochs may "
+                              "be given with it")
+        from .runs import read_run_info
+        read_run_info(args.resume)                   # a clear error for a folder that is not a run
+        cfg = resolve_config(config_file=str(Path(args.resume) / "config.yaml"), overrides=overrides)
+        train(cfg, progress=progress, resume=args.resume)
+        return 0
     cfg = resolve_config(args.preset, args.config, overrides)
-    train(cfg, out=args.out, progress=False if args.no_progress else None)
+    train(cfg, out=args.out, progress=progress)
     return 0
 
 
@@ -171,22 +193,45 @@ def cmd_sample(args) -> int:
     cfg, model, _ = load_run(args.run, device)
     if not model.can_sample:
         raise ConfigError(f"a {cfg.model.name} has no prior to sample from; train a vae")
+    labels = None                     # a cvae without --label cycles through its classes
+    if args.label is not None:
+        if not model.needs_labels:
+            raise ConfigError(f"a {cfg.model.name} is not label-conditional, so --label has no "
+                              "meaning; train a cvae")
+        if not 0 <= args.label < cfg.model.n_classes:
+            raise ConfigError(f"--label {args.label} is outside this {cfg.model.name}'s classes "
+                              f"0..{cfg.model.n_classes - 1}")
+        labels = torch.full((args.n,), args.label, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     _check_output(args.output)
-    save_grid(model.sample(args.n, generator=gen), args.output)
-    print(f"wrote {args.n} samples to {args.output}")
+    save_grid(model.sample(args.n, generator=gen, labels=labels), args.output)
+    which = f" of class {args.label}" if labels is not None else ""
+    print(f"wrote {args.n} samples{which} to {args.output}")
     return 0
 
 
 def cmd_reconstruct(args) -> int:
     import torch
-    from .viz import save_reconstructions
+    from .corruption import corrupt, parse_corruption
+    from .viz import save_reconstructions, save_rows
+    noise = parse_corruption(args.noise) if args.noise else None   # a bad spec fails before loading
     _check_output(args.output)
     _, model, split = _load_for_eval(args)
-    x = split.spread(args.n)
+    x, y = split.spread(args.n), split.spread_labels(args.n)
+    if noise is None:
+        with torch.no_grad():
+            save_reconstructions(x, model.reconstruct(x, y), args.output)
+        print(f"wrote {len(x)} originals and reconstructions to {args.output}")
+        return 0
+    gen = torch.Generator(device=x.device).manual_seed(args.seed)
+    noisy = corrupt(x, noise, generator=gen)
     with torch.no_grad():
-        save_reconstructions(x, model.reconstruct(x), args.output)
-    print(f"wrote {len(x)} originals and reconstructions to {args.output}")
+        x_hat = model.reconstruct(noisy, y)
+    mse = (x_hat - x).square().mean().item()      # per pixel, outputs against the clean images
+    noisy_mse = (noisy - x).square().mean().item()
+    save_rows([noisy, x_hat, x], args.output)
+    print(f"wrote {len(x)} noisy inputs ({args.noise}), reconstructions and clean targets to "
+          f"{args.output}; recon_mse vs clean {mse:.6g} (noisy inputs {noisy_mse:.6g})")
     return 0
 
 
@@ -237,6 +282,22 @@ def _load_for_eval(args):
         raise ConfigError(f"the {args.split} split of this run is empty")
     check_shape(split, cfg.model.input_shape)
     return cfg, model, split
+
+
+def _launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run this same command in ``nproc`` processes under torchrun; its exit status is ours."""
+    import subprocess
+    rest, skip = [], False
+    for arg in argv:                             # drop --nproc N / --nproc=N
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "aelab", *rest]
+    return subprocess.run(cmd).returncode
 
 
 def _check_output(path: str) -> None:

@@ -38,6 +38,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3               # Adam
     weight_decay: float = 0.0      # Adam's L2 penalty on all weights
+    grad_clip: float = 0.0         # clip the gradients' global norm to this; 0 disables
     seed: int = 0
 
     def __post_init__(self):
@@ -47,6 +48,8 @@ class TrainConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be non-negative, got {self.grad_clip}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight decay must be non-negative, got {self.weight_decay}")
         if not 0 <= self.seed < 2**32:   # numpy's data split and the shuffle seeds need this range

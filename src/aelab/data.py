@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .config import DataConfig
 from .datasets import RawData, load_idx_folder, load_raw
+from .distributed import shard
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,24 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
+    def part(self, rank: int, world: int) -> "Split":
+        """This process's contiguous share of the split (all of it in a single process)."""
+        if world == 1:
+            return self
+        part = shard(len(self), rank, world)
+        return Split(self.images[part], None if self.labels is None else self.labels[part])
+
     def spread(self, n: int) -> Tensor:
         """n images evenly spaced through the split, as float in [0, 1] (for pictures)."""
+        return self.images[self._spread_index(n)].float().div(255)
+
+    def spread_labels(self, n: int) -> Tensor | None:
+        """The labels of the images ``spread(n)`` returns, or None without labels."""
+        return None if self.labels is None else self.labels[self._spread_index(n)]
+
+    def _spread_index(self, n: int) -> Tensor:
         idx = torch.linspace(0, len(self) - 1, min(n, len(self))).round().long()
-        return self.images[idx.to(self.images.device)].float().div(255)
+        return idx.to(self.images.device)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -101,20 +116,26 @@ def check_shape(split: Split, input_shape) -> None:
 class Batches:
     """Iterate over a split in batches of float images in [0, 1] (and labels, or None).
 
-    Shuffled with a generator seeded by (seed, epoch), so the order is the same on every rerun.
+    Shuffled with a generator seeded by (seed, epoch), so the order is the same on every rerun
+    and in every process. With ``world`` processes each global batch of ``batch_size * world``
+    images is cut into equal contiguous parts, one per ``rank``: together the processes see what
+    one process with the global batch size sees (the last ``n % world`` images of each epoch's
+    order are left out so that the parts stay equal).
     ``binarize`` draws each pixel from a Bernoulli with its intensity, fresh for every batch.
     """
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool = False, seed: int = 0,
-                 binarize: bool = False):
+                 binarize: bool = False, rank: int = 0, world: int = 1):
         self.split, self.batch_size, self.shuffle = split, batch_size, shuffle
         self.seed, self.binarize, self.epoch = seed, binarize, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        usable = len(self.split) - len(self.split) % self.world
+        return -(-usable // (self.batch_size * self.world))
 
     def __iter__(self):
         n, images, labels = len(self.split), self.split.images, self.split.labels
@@ -122,13 +143,16 @@ class Batches:
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=gen).to(images.device)
-        for start in range(0, n, self.batch_size):
+        usable, step = n - n % self.world, self.batch_size * self.world
+        for first in range(0, usable, step):
+            mine = shard(min(step, usable - first), self.rank, self.world)
+            start, stop = first + mine.start, first + mine.stop
             if order is None:
-                x, y = images[start:start + self.batch_size], None
+                x, y = images[start:stop], None
                 if labels is not None:
-                    y = labels[start:start + self.batch_size]
+                    y = labels[start:stop]
             else:
-                idx = order[start:start + self.batch_size]
+                idx = order[start:stop]
                 x = images.index_select(0, idx)
                 y = None if labels is None else labels.index_select(0, idx)
             x = x.float().div_(255)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import sys
 import time
@@ -11,14 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
 from .config import RunConfig
 from .data import Batches, Split, load_splits
-from .errors import ConfigError, DataError
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import AelabError, ConfigError, DataError
 from .evaluate import evaluate, mean_loss
 from .models import Autoencoder, build_model
-from .runs import create_run_dir, save_model, write_config, write_metrics, write_run_info
+from .runs import (create_run_dir, read_run_info, save_model, write_config, write_metrics,
+                   write_run_info)
 from .viz import save_grid, save_loss_curve, save_reconstructions
 
 log = logging.getLogger(__name__)
@@ -78,19 +83,32 @@ def _flushing_denormals() -> bool:
     return bool(torch.tensor([1e-310], dtype=torch.float64).mul(1.0).item() == 0)
 
 
+class Diverged(AelabError):
+    """The loss or the gradients stopped being finite numbers."""
+
+
 def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Batches,
-                    progress: bool = False, desc: str = "") -> dict[str, float]:
+                    progress: bool = False, desc: str = "", grad_clip: float = 0.0) -> dict[str, float]:
     """One pass over the batches; returns the per-image mean of the loss and its parts.
 
-    Sums stay on the device so that no step waits for the host.
+    Sums stay on the device. The loss is checked for NaN/Inf every step on the CPU (free there)
+    and every 50 steps on an accelerator, so that no step waits for the host; a non-finite loss
+    or gradient norm raises Diverged naming the step (1-based within the epoch).
     """
     model.train()
+    check_every = 1 if next(model.parameters()).device.type == "cpu" else 50
     names, total, n = None, None, 0
     bar = _progress_bar(len(batches), desc) if progress else None
-    for x, y in batches:
+    for step, (x, y) in enumerate(batches, start=1):
         out = model(x, y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
+        if grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if not torch.isfinite(norm):
+                raise Diverged(f"the gradient norm became {norm.item()} at step {step}")
+        if step % check_every == 0 and not torch.isfinite(out.loss):
+            raise Diverged(f"the loss became {out.loss.item()} at step {step}")
         opt.step()
         parts = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])
         if total is None:
@@ -102,23 +120,36 @@ def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Bat
             bar.update()
     if bar is not None:
         bar.close()
-    return dict(zip(names, (total / n).tolist()))
+    counted = distributed.all_reduce_sum(torch.cat([total, total.new_tensor([n])]))  # all processes
+    means = dict(zip(names, (counted[:-1] / counted[-1]).tolist()))
+    if not all(map(math.isfinite, means.values())):
+        raise Diverged(f"the loss became non-finite within the last {check_every} steps")
+    return means
 
 
-def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None) -> TrainResult:
+def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None,
+          resume: str | None = None) -> TrainResult:
     """Train ``cfg`` and write its run folder. Returns the folder, model, history and test metrics.
+
+    With ``resume`` (a run folder) training continues after that run's last checkpoint, with its
+    config (``cfg.train.epochs`` may be raised), and ends exactly as an uninterrupted run would.
 
     Subnormal floats are flushed to zero for the whole call. The CPU flag is per thread and
     PyTorch's worker threads copy it when they start, so it takes full effect only when no
     parallel PyTorch work ran before in the process, as with the ``aelab`` command.
     """
     with flush_denormal():
-        return _train(cfg, out, progress)
+        try:
+            return _train(cfg, out, progress, resume)
+        finally:
+            distributed.teardown()
 
 
-def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResult:
+def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str | None) -> TrainResult:
     device = resolve_device(cfg.device)
-    seed_everything(cfg.train.seed)
+    ranks = distributed.setup(device)          # rank 0 of 1 unless started by torchrun
+    device = distributed.local_device(device, ranks)
+    seed_everything(cfg.train.seed + ranks.rank)   # own noise per process; DDP syncs the weights
     splits = load_splits(cfg.data, cfg.train.seed, device)
     cfg.data.name = splits.name                  # record the data really used (mnist-5k fallback)
     cfg.model.input_shape = splits.train.image_shape
@@ -127,26 +158,46 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResul
     if model.needs_labels and splits.train.labels is None:
         raise DataError(f"a {cfg.model.name} trains on labels, and this data has no label files")
     opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
-    run_dir = create_run_dir(out, cfg.preset or cfg.model.name)
-    write_config(run_dir, cfg)
     info = {"aelab_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": str(device), "data": splits.describe(),
             "n_parameters": sum(p.numel() for p in model.parameters())}
-    write_run_info(run_dir, info)
-    log.info("training %s (%s parameters) on %s: %d train / %d val / %d test images, device %s",
+    main = ranks.is_main                       # only rank 0 prints and writes
+    if resume:
+        run_dir = Path(resume)
+        state = load_checkpoint(run_dir, model, opt)
+        done, history = state["epoch"], state["history"]   # a cut-short epoch is done again
+        info["created"] = read_run_info(run_dir).get("created", info["created"])
+        log.info("resuming %s after epoch %d of %d", run_dir, done, cfg.train.epochs)
+    else:
+        run_dir = create_run_dir(out, cfg.preset or cfg.model.name) if main else Path(out or ".")
+        done, history = 0, []
+    if main:
+        write_config(run_dir, cfg)
+        write_run_info(run_dir, {**info, "world_size": ranks.world_size})
+    log.info("training %s (%s parameters) on %s: %d train / %d val / %d test images, device %s%s",
              cfg.model.name, f"{info['n_parameters']:,}", splits.name, len(splits.train),
-             len(splits.val), len(splits.test), device)
+             len(splits.val), len(splits.test), device,
+             f", {ranks.world_size} processes" if ranks.enabled else "")
 
     batches = Batches(splits.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
-                      binarize=cfg.data.binarize)
-    val_batches = Batches(splits.val, 1000, binarize=cfg.data.binarize)
-    progress = sys.stderr.isatty() if progress is None else progress
-    history: list[dict] = []
-    for epoch in range(1, cfg.train.epochs + 1):
+                      binarize=cfg.data.binarize, rank=ranks.rank, world=ranks.world_size)
+    val_batches = Batches(splits.val, 1000, binarize=cfg.data.binarize, rank=ranks.rank,
+                          world=ranks.world_size)
+    net = model
+    if ranks.enabled:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    progress = (sys.stderr.isatty() if progress is None else progress) and main
+    for epoch in range(done + 1, cfg.train.epochs + 1):
         batches.set_epoch(epoch)
         model.start_epoch(epoch)
         start = time.perf_counter()
-        train_means = train_one_epoch(model, opt, batches, progress, f"epoch {epoch}/{cfg.train.epochs}")
+        try:
+            train_means = train_one_epoch(net, opt, batches, progress,
+                                          f"epoch {epoch}/{cfg.train.epochs}", cfg.train.grad_clip)
+        except Diverged as e:
+            kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint yet"
+            raise Diverged(f"training stopped in epoch {epoch}: {e}; {kept} in {run_dir}; "
+                           "try a lower --lr or --set train.grad_clip=1.0") from None
         seconds = time.perf_counter() - start
         record = {"epoch": epoch, "train_loss": train_means.pop("loss")}
         if len(splits.val):
@@ -157,17 +208,21 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResul
         record.update(model.epoch_stats())
         record["train_seconds"] = round(seconds, 4)
         history.append(record)
-        write_metrics(run_dir, history)
-        save_model(run_dir, model)
+        if main:   # the checkpoint first: it holds the history that metrics.jsonl shows
+            save_checkpoint(run_dir, model, opt, epoch, epoch * len(batches), history)
+            write_metrics(run_dir, history)
+            save_model(run_dir, model)
         log.info(_epoch_line(record, cfg.train.epochs))
 
     model.after_training(Batches(splits.train, cfg.train.batch_size))
-    save_model(run_dir, model)
     test_metrics = evaluate(model, splits.test)
-    write_pictures(run_dir, model, splits.test, history, cfg)
-    write_run_info(run_dir, {**info, "test_metrics": test_metrics})
+    if main:
+        save_model(run_dir, model)
+        write_pictures(run_dir, model, splits.test, history, cfg)
+        write_run_info(run_dir, {**info, "world_size": ranks.world_size, "test_metrics": test_metrics})
     log.info("test: %s", "  ".join(f"{k} {v:.5g}" for k, v in test_metrics.items()))
     log.info("run folder: %s", run_dir)
+    distributed.barrier()                      # leave together: gloo aborts if a peer quits early
     return TrainResult(run_dir, model, history, test_metrics)
 
 
@@ -175,8 +230,8 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None) -> TrainResul
 def write_pictures(run_dir: Path, model: Autoencoder, test: Split, history: list[dict],
                    cfg: RunConfig) -> None:
     model.eval()
-    x = test.spread(32)
-    save_reconstructions(x, model.reconstruct(x), run_dir / "reconstructions.png")
+    x, y = test.spread(32), test.spread_labels(32)
+    save_reconstructions(x, model.reconstruct(x, y), run_dir / "reconstructions.png")
     save_loss_curve(history, run_dir / "loss.png", title=cfg.preset or cfg.model.name)
     if model.can_sample:
         gen = torch.Generator(device=x.device).manual_seed(cfg.train.seed)

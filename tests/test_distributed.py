@@ -1,0 +1,89 @@
+"""Several processes with torchrun + DDP (gloo on the CPU): 2 processes with per-process batch B
+train exactly like 1 process with batch 2B on the same data order, and metrics count each image once."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aelab.data import Batches, Split
+from aelab.distributed import shard
+
+FLAGS = ["--model", "ae", "--hidden", "32", "--latent-dim", "4", "--epochs", "2", "--no-progress"]
+
+
+def run_json(run_dir):
+    return json.loads((run_dir / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_and_two_processes(tmp_path_factory, mnist_dir):
+    tmp = tmp_path_factory.mktemp("ddp")
+    aelab = [sys.executable, "-m", "aelab", "train", "--data-dir", mnist_dir, *FLAGS]
+    single = subprocess.run(aelab + ["--batch-size", "64", "--out", str(tmp / "one")],
+                            capture_output=True, text=True)
+    double = subprocess.run(aelab + ["--batch-size", "32", "--nproc", "2", "--out", str(tmp / "two")],
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    assert double.returncode == 0, double.stderr
+    return tmp / "one", tmp / "two", double.stdout
+
+
+def test_two_processes_of_batch_b_equal_one_process_of_batch_2b(one_and_two_processes):
+    one, two, _ = one_and_two_processes
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
+    assert not torch.equal(a["encoder.head.0.weight"], torch.zeros_like(a["encoder.head.0.weight"]))
+
+
+def test_metrics_equal_the_single_process_ones(one_and_two_processes):
+    one, two, _ = one_and_two_processes
+    m1, m2 = run_json(one)["test_metrics"], run_json(two)["test_metrics"]
+    assert m1.keys() == m2.keys()
+    for key in m1:
+        assert m2[key] == pytest.approx(m1[key], rel=1e-5)
+    lines1 = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    lines2 = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    for r1, r2 in zip(lines1, lines2, strict=True):
+        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
+        assert r2["val_loss"] == pytest.approx(r1["val_loss"], rel=1e-5)
+    assert run_json(two)["world_size"] == 2 and run_json(one)["world_size"] == 1
+
+
+def test_only_rank_0_prints(one_and_two_processes):
+    _, _, stdout = one_and_two_processes
+    assert stdout.count("run folder:") == 1
+    assert sum(line.startswith("epoch 1/2") for line in stdout.splitlines()) == 1
+
+
+def test_the_processes_share_each_global_batch_without_overlap():
+    split = Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
+    seen = []
+    for rank in (0, 1):
+        batches = Batches(split, 2, shuffle=True, seed=3, rank=rank, world=2)
+        batches.set_epoch(1)
+        seen.append([y.tolist() for _, y in batches])
+    single = Batches(split, 4, shuffle=True, seed=3)
+    single.set_epoch(1)
+    for step, (_, y) in enumerate(single):
+        assert seen[0][step] + seen[1][step] == y.tolist()   # rank 0 then rank 1 = the global batch
+    assert len(seen[0]) == len(seen[1]) == len(single)
+
+
+def test_an_odd_split_leaves_out_the_last_image_of_the_order_so_parts_stay_equal():
+    split = Split(torch.zeros(7, 1, 1, 1, dtype=torch.uint8), torch.arange(7))
+    parts = [[y.tolist() for _, y in Batches(split, 2, rank=r, world=2)] for r in (0, 1)]
+    assert parts == [[[0, 1], [4]], [[2, 3], [5]]]          # image 6 sits this epoch out
+
+
+def test_shards_cover_every_item_once():
+    for n in (0, 1, 5, 10, 11):
+        for world in (1, 2, 3):
+            covered = [i for r in range(world) for i in range(n)[shard(n, r, world)]]
+            assert covered == list(range(n))
