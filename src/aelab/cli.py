@@ -1,4 +1,5 @@
-"""The ``aelab`` command line: train, eval, sample, reconstruct, datasets, presets, models."""
+"""The ``aelab`` command line: train, eval, sample, reconstruct, probe, anomaly, datasets, presets,
+models."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ TRAIN_FLAGS = {
     "device": "device", "arch": "model.arch", "weight_decay": "train.weight_decay",
     "sparsity": "model.sparsity", "noise": "model.noise", "contractive": "model.contractive",
     "kl_warmup": "model.kl_warmup", "k": "model.k", "grad_clip": "train.grad_clip",
+    "exclude_class": "data.exclude_class",
 }
 
 
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", help="model family (see `aelab models`)")
     t.add_argument("--dataset", help="registered dataset (see `aelab datasets`)")
     t.add_argument("--data-dir", help="folder of MNIST-named IDX files, plain or .gz")
+    t.add_argument("--exclude-class", metavar="C", help="leave class C out of the training and "
+                   "validation splits (not test): a run for anomaly detection (aelab anomaly)")
     t.add_argument("--epochs", help="passes over the training split")
     t.add_argument("--batch-size", help="images per step")
     t.add_argument("--lr", help="Adam learning rate")
@@ -95,7 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(e)
     e.add_argument("--split", choices=("test", "val"), default="test")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    e.add_argument("--seed", type=int, default=0, help="seed of the z draws in the ELBO")
+    e.add_argument("--seed", type=int, default=0, help="seed of the z draws (ELBO, nll_iw) and "
+                   "of --binarize fixed")
+    e.add_argument("--iw-samples", type=_positive_int, metavar="K", help="also nll_iw, the "
+                   "K-sample importance weighted estimate of -log p(x) in nats per image, and "
+                   "bits_per_dim (vae, iwae, cvae; the literature uses K = 5000)")
+    e.add_argument("--binarize", choices=("none", "fixed"), default="none", help="fixed: "
+                   "evaluate on one Bernoulli draw of every pixel seeded by --seed, the same "
+                   "binary images for every model (binarised-MNIST figures); default none")
+    e.add_argument("--anomaly-class", type=int, metavar="C", help="AUROC of class C vs the rest by recon score")
     e.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="decode images drawn from a VAE's prior")
@@ -117,8 +129,44 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of the corruption")
     r.set_defaults(func=cmd_reconstruct)
 
+    pr = sub.add_parser("probe", help="few-label accuracy of a classifier on the run's codes, "
+                        "against the same classifier on pixels",
+                        description="Encode the training and test images (posterior means), fit a "
+                                    "logistic-regression and a k-NN classifier on N labelled training "
+                                    "images (N / n_classes of each class) and report their test "
+                                    "accuracy, next to the same two classifiers on raw pixels.")
+    _run_args(pr)
+    pr.add_argument("--labels", type=_labels_arg, default=100, metavar="N",
+                    help="labelled training images, a multiple of the number of classes, or 'all' "
+                         "(default 100: 10 per class)")
+    pr.add_argument("--split", choices=("test", "val"), default="test", help="split to score")
+    pr.add_argument("--k", type=_positive_int, default=5, help="neighbours of the k-NN "
+                    "classifier, capped at N (default 5)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the labelled subset")
+    pr.add_argument("--repeats", type=_positive_int, default=1, metavar="R",
+                    help="average over R labelled subsets (seeds seed..seed+R-1); mean and std")
+    pr.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    pr.set_defaults(func=cmd_probe)
+
     sub.add_parser("datasets", help="known datasets and whether each is available here"
                    ).set_defaults(func=cmd_datasets)
+
+    a = sub.add_parser("anomaly", help="per-image anomaly scores as a CSV, the top-k as a PNG",
+                       description="Score every image of a split (default: the run's test split) "
+                                   "by how badly the model explains it; higher is more anomalous.")
+    _run_args(a)
+    a.add_argument("--split", choices=("test", "val", "train"), default="test")
+    a.add_argument("--score", choices=("recon", "elbo"), default="recon",
+                   help="recon: squared error per pixel, mean over pixels (default); "
+                        "elbo: -ELBO in nats per image (vae, iwae)")
+    a.add_argument("-o", "--output", default="scores.csv", help="CSV of index,label,score "
+                   "(default scores.csv)")
+    a.add_argument("--png", default="top.png", help="PNG grid of the top-k images, most "
+                   "anomalous first (default top.png)")
+    a.add_argument("--top", type=_positive_int, default=32, help="images in the PNG (default 32)")
+    a.add_argument("--seed", type=int, default=0, help="seed of the z draws in the ELBO")
+    a.set_defaults(func=cmd_anomaly)
+
     sub.add_parser("presets", help="the presets and what they set").set_defaults(func=cmd_presets)
     sub.add_parser("models", help="the model families").set_defaults(func=cmd_models)
     return p
@@ -168,17 +216,34 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import UNITS, evaluate
+    if args.anomaly_class is not None:
+        if args.iw_samples or args.binarize != "none":
+            raise ConfigError("--anomaly-class reports only the AUROC; leave out --iw-samples "
+                              "and --binarize")
+        return cmd_eval_anomaly(args)
+    from .evaluate import UNITS, binarize_fixed, evaluate, iw_nll, require_likelihood
     cfg, model, split = _load_for_eval(args)
+    if args.iw_samples:
+        require_likelihood(model)                # fail before the other metrics are computed
+    if args.binarize == "fixed":
+        split = binarize_fixed(split, args.seed)
     metrics = evaluate(model, split, args.batch_size, seed=args.seed)
+    settings = {"binarize": args.binarize, "seed": args.seed}
+    if args.iw_samples:
+        progress = sys.stderr.isatty() and args.iw_samples >= 100   # never on stdout
+        metrics.update(iw_nll(model, split, args.iw_samples, args.batch_size, seed=args.seed,
+                              progress=progress))
+        settings["iw_samples"] = args.iw_samples
     result = {"run": str(args.run), "model": cfg.model.name, "split": args.split,
-              "dataset": cfg.data.data_dir or cfg.data.name, "n_images": len(split), **metrics,
-              "units": {k: UNITS[k] for k in metrics if k in UNITS}}
+              "dataset": cfg.data.data_dir or cfg.data.name, "n_images": len(split), **settings,
+              **metrics, "units": {k: UNITS[k] for k in metrics if k in UNITS}}
     if args.json:
         print(json.dumps(result))
     else:
+        binarized = f", fixed binarisation (seed {args.seed})" if args.binarize == "fixed" else ""
+        samples = f", {args.iw_samples} importance samples" if args.iw_samples else ""
         print(f"{cfg.model.name} run {args.run}, {args.split} split of {result['dataset']} "
-              f"({len(split)} images)")
+              f"({len(split)} images){binarized}{samples}")
         for name, value in metrics.items():
             print(f"  {name:<10} {value:>12.6g}   {UNITS.get(name, '')}")
     return 0
@@ -235,11 +300,119 @@ def cmd_reconstruct(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from dataclasses import replace
+    from .data import check_shape, load_splits
+    from .probe import check_unconditional, probe, settings, units
+    from .runs import load_run
+    from .train import resolve_device
+    device = resolve_device(args.device)
+    cfg, model, _ = load_run(args.run, device)
+    check_unconditional(model)                   # refuse a cvae before loading any data
+    if args.data_dir:
+        cfg.data.data_dir = args.data_dir
+    elif args.dataset:
+        cfg.data.name, cfg.data.data_dir, cfg.data.fallback = args.dataset, None, False
+    data = cfg.data                              # the probe asks about every class, even one a
+    if getattr(data, "exclude_class", None) is not None:      # run was trained without
+        data = replace(data, exclude_class=None)
+    splits = load_splits(data, cfg.train.seed, device)
+    train, test = splits.train, getattr(splits, args.split)
+    if len(test) == 0:
+        raise ConfigError(f"the {args.split} split of this run is empty")
+    check_shape(train, cfg.model.input_shape)
+    n_labels = None if args.labels == "all" else args.labels
+    res = probe(model, train, test, n_labels, args.seed, args.repeats, args.k, args.batch_size)
+    per_seed = res.pop("per_seed")
+    figures = {k: v for k, v in res.items() if k.startswith(("codes_", "pixels_"))}
+    result = {"run": str(args.run), "model": cfg.model.name, "dataset": cfg.data.data_dir or cfg.data.name,
+              "split": args.split, "n_images": len(test), "train_split": "train", "n_train": len(train),
+              "labels": args.labels, "n_labelled": res["n_labelled"], "n_classes": res["n_classes"],
+              "labels_per_class": res["n_labelled"] // res["n_classes"] if n_labels else None,
+              "seed": args.seed, "repeats": args.repeats, "seeds": res["seeds"],
+              "code_dim": res["code_dim"], "features": {"codes": "model.embed: the posterior mean "
+              "(the code itself for deterministic families)", "pixels": "raw pixels, flattened, in [0, 1]"},
+              "classifiers": settings(res["k"]), **figures, "per_seed": per_seed, "units": units()}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    labelled = (f"all {res['n_labelled']} training images" if n_labels is None else
+                f"{n_labels} labelled training images ({result['labels_per_class']} per class, of "
+                f"{len(train)}), seed {args.seed}")
+    subsets = "" if args.repeats == 1 else f", mean ± std over {args.repeats} subsets"
+    print(f"{cfg.model.name} run {args.run}: {labelled}; {args.split} split of "
+          f"{result['dataset']} ({len(test)} images)")
+    print(f"accuracy: fraction of the {args.split} images classified correctly{subsets}")
+    knn = f"{res['k']}-NN"
+    print(f"  {'features':<18} {'linear':>17} {knn:>17}")
+    for f, label in (("codes", f"codes ({res['code_dim']} dims)"),
+                     ("pixels", f"pixels ({train.images[0].numel()} dims)")):
+        cells = [f"{res[f'{f}_{c}']:.4f}" + (f" ± {res[f'{f}_{c}_std']:.4f}" if args.repeats > 1
+                                             else "") for c in ("linear", "knn")]
+        print(f"  {label:<18} {cells[0]:>17} {cells[1]:>17}")
+    return 0
+
+
+def _labels_arg(text: str) -> int | str:
+    """--labels: a positive integer or 'all'."""
+    return text if text == "all" else _positive_int(text)
+
+
 def cmd_datasets(args) -> int:
     from .datasets import DATASETS, availability
     for name, spec in DATASETS.items():
         print(f"{name:<14} {spec.description}\n{'':<14} {availability(name)}")
     print(f"{'--data-dir':<14} any folder of MNIST-named IDX files (train-images-idx3-ubyte[.gz], ...)")
+    return 0
+
+
+def cmd_anomaly(args) -> int:
+    from .anomaly import anomaly_scores, top_k, write_scores_csv
+    from .viz import save_grid
+    _check_output(args.png)
+    if not Path(args.output).resolve().parent.is_dir():
+        raise ConfigError(f"cannot write {args.output}: its folder does not exist")
+    _, model, split = _load_for_eval(args)
+    scores = anomaly_scores(model, split, args.score, args.batch_size, seed=args.seed)
+    top = top_k(scores, args.top)
+    write_scores_csv(args.output, scores, split.labels)
+    save_grid(split.images[top.to(split.images.device)].float().div(255), args.png)
+    print(f"{len(scores)} images of the {args.split} split, score {args.score}: mean "
+          f"{scores.mean():.6g}, max {scores.max():.6g} (image {int(top[0])}); wrote {args.output} "
+          f"and the top {len(top)} to {args.png}")
+    return 0
+
+
+def cmd_eval_anomaly(args) -> int:
+    """``eval --anomaly-class C``: AUROC of the recon score for class C against the other classes."""
+    from .anomaly import SCORE_UNITS, anomaly_scores, auroc
+    from .errors import DataError
+    c = args.anomaly_class
+    cfg, model, split = _load_for_eval(args)
+    if split.labels is None:
+        raise DataError(f"--anomaly-class needs labels, and the {args.split} split has none")
+    positives = (split.labels == c).cpu().numpy()
+    if not positives.any():
+        raise DataError(f"class {c} does not occur in the {args.split} split")
+    excluded = cfg.data.exclude_class
+    if excluded != c:
+        trained = "on every class" if excluded is None else f"without class {excluded}"
+        print(f"aelab: warning: --anomaly-class {c}, but this run was trained {trained}",
+              file=sys.stderr)
+    scores = anomaly_scores(model, split, "recon", args.batch_size, seed=args.seed)
+    result = {"run": str(args.run), "model": cfg.model.name, "split": args.split,
+              "dataset": cfg.data.data_dir or cfg.data.name, "n_images": len(split),
+              "anomaly_class": c, "n_anomalies": int(positives.sum()), "score": "recon",
+              "auroc": auroc(scores.numpy(), positives),
+              "units": {"auroc": "area under the ROC curve, 0 to 1 (0.5: chance), of the score "
+                                 f"for class {c} against the rest",
+                        "score": SCORE_UNITS["recon"]}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{cfg.model.name} run {args.run}, {args.split} split of {result['dataset']}: class "
+              f"{c} ({result['n_anomalies']} of {len(split)} images) against the rest, recon score")
+        print(f"  auroc {result['auroc']:.4f}   {result['units']['auroc']}")
     return 0
 
 
@@ -267,6 +440,7 @@ def cmd_models(args) -> int:
 
 def _load_for_eval(args):
     """Load a run and the split to evaluate on (its own data unless --dataset/--data-dir)."""
+    from dataclasses import replace
     from .data import check_shape, load_splits
     from .runs import load_run
     from .train import resolve_device
@@ -276,7 +450,9 @@ def _load_for_eval(args):
         cfg.data.data_dir = args.data_dir
     elif args.dataset:
         cfg.data.name, cfg.data.data_dir, cfg.data.fallback = args.dataset, None, False
-    splits = load_splits(cfg.data, cfg.train.seed, device)
+    # on other data the run's exclude_class (which described its training data) does not apply
+    data = replace(cfg.data, exclude_class=None) if args.data_dir or args.dataset else cfg.data
+    splits = load_splits(data, cfg.train.seed, device)
     split = getattr(splits, args.split)
     if len(split) == 0:
         raise ConfigError(f"the {args.split} split of this run is empty")

@@ -26,10 +26,13 @@ class DataConfig:
     val_fraction: float = 0.1      # share of the training images held out for validation
     binarize: bool = False         # dynamic binarisation: a fresh Bernoulli draw per batch
     fallback: bool = True          # mnist only: use the bundled mnist-5k when mnist cannot be had
+    exclude_class: int | None = None   # drop this label from train and val (not test): anomaly runs
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.exclude_class is not None and self.exclude_class < 0:
+            raise ConfigError(f"data.exclude_class must be a label, 0 or more; got {self.exclude_class}")
 
 
 @dataclass

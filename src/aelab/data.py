@@ -59,16 +59,22 @@ class Splits:
     test: Split
     name: str                   # the dataset really used ("idx" for --data-dir)
     source: str                 # where its files came from
+    excluded_class: int | None = None   # the label left out of train and val, if any
 
     @property
     def n_classes(self) -> int:
-        """1 + the largest training label, or 0 without labels."""
+        """1 + the largest training label (or excluded class), or 0 without labels."""
         labels = self.train.labels
-        return int(labels.max()) + 1 if labels is not None and len(labels) else 0
+        if labels is None or not len(labels):
+            return 0
+        return max(int(labels.max()), -1 if self.excluded_class is None else self.excluded_class) + 1
 
     def describe(self) -> dict:
-        return {"name": self.name, "source": self.source, "image_shape": list(self.train.image_shape),
+        info = {"name": self.name, "source": self.source, "image_shape": list(self.train.image_shape),
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test)}
+        if self.excluded_class is not None:
+            info["excluded_class"] = self.excluded_class
+        return info
 
 
 def load_raw_for(cfg: DataConfig) -> RawData:
@@ -86,13 +92,19 @@ def load_raw_for(cfg: DataConfig) -> RawData:
 
 
 def load_splits(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") -> Splits:
-    """Train / validation / test splits; validation is a fixed part of train for a given seed."""
+    """Train / validation / test splits; validation is a fixed part of train for a given seed.
+
+    ``cfg.exclude_class`` removes that label from train and validation after the split, so the
+    validation images of the other classes are the same as without it; test keeps every class.
+    """
     raw = load_raw_for(cfg)
     n_val = int(round(cfg.val_fraction * len(raw.train_images)))
     if n_val >= len(raw.train_images):
         raise DataError(f"val_fraction {cfg.val_fraction} leaves no training images")
     order = np.random.default_rng(seed).permutation(len(raw.train_images))
     val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+    if cfg.exclude_class is not None:
+        val_idx, train_idx = _exclude(raw.train_labels, cfg.exclude_class, val_idx, train_idx)
 
     def split(images, labels, idx=None) -> Split:
         if idx is not None:
@@ -103,7 +115,20 @@ def load_splits(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") 
     return Splits(train=split(raw.train_images, raw.train_labels, train_idx),
                   val=split(raw.train_images, raw.train_labels, val_idx),
                   test=split(raw.test_images, raw.test_labels),
-                  name=raw.name, source=raw.source)
+                  name=raw.name, source=raw.source, excluded_class=cfg.exclude_class)
+
+
+def _exclude(labels: np.ndarray | None, label: int, *parts: np.ndarray) -> list[np.ndarray]:
+    """Each index array in ``parts`` without the images whose label is ``label``."""
+    if labels is None:
+        raise DataError(f"exclude_class {label} needs labels, and this data has no label file")
+    if not (labels == label).any():
+        raise DataError(f"exclude_class {label} does not occur in the training labels "
+                        f"({int(labels.min())}..{int(labels.max())})")
+    kept = [idx[labels[idx] != label] for idx in parts]
+    if not len(kept[-1]):
+        raise DataError(f"exclude_class {label} leaves no training images")
+    return kept
 
 
 def check_shape(split: Split, input_shape) -> None:
