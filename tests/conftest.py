@@ -3,12 +3,16 @@ sample) written as IDX files for end-to-end tests."""
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from aelab.idx import write_idx
+
+sys.path.insert(0, str(Path(__file__).parent))   # tests import cli_helpers
 
 
 @pytest.fixture

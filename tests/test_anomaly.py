@@ -1,11 +1,8 @@
 """Anomaly detection: exclude_class in the splits, the scores, AUROC, the CSV and PNG, the CLI."""
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -21,26 +18,9 @@ from aelab.errors import ConfigError, DataError
 from aelab.idx import write_idx
 from aelab.models import build_model, model_config_from_dict
 from aelab.viz import grid
+from cli_helpers import quiet_main, only_error_line
 
 TINY = ["--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64", "--no-progress"]
-
-
-def quiet_main(argv: list[str]) -> tuple[int, str, str]:
-    """main(argv) with its output captured, for module fixtures that cannot use capsys."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    logger = logging.getLogger("aelab")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    return code, out.getvalue(), err.getvalue()
-
-
-def only_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("aelab: error: "), err
-    return lines[0]
 
 
 def tiny_model(name: str, **options):

@@ -1,10 +1,7 @@
 """The command line, end to end on the small real MNIST folder, called in-process as main([...])."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import re
 import shutil
 import subprocess
@@ -18,20 +15,10 @@ from PIL import Image
 import aelab
 from aelab.cli import main
 from aelab.idx import write_idx
+from cli_helpers import quiet_main, only_error_line
 
 TINY = ["--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64"]
 EPOCH_LINE = re.compile(r"^epoch \d+/2  train_loss \S+  val_loss \S+  \d+\.\d s$")
-
-
-def quiet_main(argv: list[str]) -> tuple[int, str, str]:
-    """main(argv) with its output captured, for fixtures that cannot use capsys."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    logger = logging.getLogger("aelab")
-    for handler in list(logger.handlers):   # they hold the StringIOs; the next main() makes new ones
-        logger.removeHandler(handler)
-    return code, out.getvalue(), err.getvalue()
 
 
 def trained_run(folder, mnist_dir, *flags) -> str:
@@ -58,13 +45,6 @@ def images_32(tmp_path) -> str:
     folder.mkdir()
     write_idx(folder / "train-images-idx3-ubyte", np.zeros((12, 32, 32), dtype=np.uint8))
     return str(folder)
-
-
-def only_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("aelab: error: "), err
-    return lines[0]
 
 
 # ---------------------------------------------------------------- train

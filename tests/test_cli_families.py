@@ -2,10 +2,7 @@
 sample (with --label), reconstruct."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -13,31 +10,15 @@ from PIL import Image
 
 from aelab.cli import main
 from aelab.idx import write_idx
+from cli_helpers import quiet_main, only_error_line
 
 TINY = ["--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64", "--no-progress"]
-
-
-def quiet_main(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    logger = logging.getLogger("aelab")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    return code, out.getvalue(), err.getvalue()
 
 
 def trained_run(folder, mnist_dir, *flags) -> str:
     code, _, err = quiet_main(["train", "--data-dir", mnist_dir, *TINY, "--out", str(folder), *flags])
     assert code == 0, err
     return str(folder)
-
-
-def only_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("aelab: error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

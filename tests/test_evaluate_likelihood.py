@@ -2,10 +2,7 @@
 the bound, its K = 1 case, the chunked log-sum-exp, units, fixed binarisation, and the CLI end to end."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import math
 
 import numpy as np
@@ -18,6 +15,7 @@ from aelab.errors import ConfigError
 from aelab.evaluate import UNITS, binarize_fixed, evaluate, iw_nll, logsumexp_chunks
 from aelab.losses import iwae_bound
 from aelab.models import build_model, model_config_from_dict
+from cli_helpers import quiet_main
 
 D = 784                     # pixels of a 1x28x28 image
 
@@ -204,16 +202,6 @@ def test_fixed_binarisation_is_seeded_and_keeps_the_mean(mnist_5k):
 
 
 # ---------------------------------------------------------------- the command line
-
-
-def quiet_main(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    logger = logging.getLogger("aelab")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    return code, out.getvalue(), err.getvalue()
 
 
 def trained_run(folder, mnist_dir, *flags) -> str:

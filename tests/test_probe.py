@@ -2,10 +2,7 @@
 shuffled data, and ``aelab probe`` end to end on small real MNIST."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -17,6 +14,7 @@ from aelab.errors import ConfigError, DataError
 from aelab.idx import write_idx
 from aelab.models import build_model, model_config_from_dict
 from aelab.probe import balanced_subset, encode_split, fit_and_score, probe
+from cli_helpers import quiet_main, only_error_line
 
 TINY_1 = ["--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64"]
 ACCURACIES = ("codes_linear", "codes_knn", "pixels_linear", "pixels_knn")
@@ -32,24 +30,6 @@ def clusters(n_per_class: int, seed: int, dim: int = 12, spread: float = 0.5):
     rng = np.random.default_rng(seed)
     y = labels_10(n_per_class, seed)
     return 10 * np.eye(10, dim)[y] + rng.normal(0, spread, (len(y), dim)), y
-
-
-def quiet_main(argv: list[str]) -> tuple[int, str, str]:
-    """main(argv) with its output captured, for fixtures that cannot use capsys."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    logger = logging.getLogger("aelab")
-    for handler in list(logger.handlers):   # they hold the StringIOs; the next main() makes new ones
-        logger.removeHandler(handler)
-    return code, out.getvalue(), err.getvalue()
-
-
-def only_error_line(err: str) -> str:
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("aelab: error: "), err
-    return lines[0]
 
 
 # ---------------------------------------------------------------- balanced_subset
