@@ -60,10 +60,18 @@ def test_mlp_puts_relu_between_linear_layers_only():
 
 @pytest.mark.parametrize("kw, message", [
     ({"arch": "transformer"}, "unknown arch"),
-    ({"arch": "conv", "input_shape": (1, 28, 28), "conv_channels": (8, 8, 8)}, "divisible by 8"),
     ({"arch": "conv", "conv_channels": ()}, "conv_channels"),
     ({"arch": "conv", "conv_channels": (0, 4)}, "conv_channels"),
 ])
 def test_bad_network_settings_are_config_errors(kw, message):
     with pytest.raises(ConfigError, match=message):
         config(**kw)
+
+
+def test_the_image_size_is_checked_when_the_model_is_built_for_the_data():
+    cfg = config(arch="conv", conv_channels=(8, 8, 8, 8, 8))     # 5 halvings: 32 works, 28 not
+    cfg.input_shape = (3, 32, 32)                                 # as the trainer sets it
+    assert Encoder(cfg, 4)(torch.rand(2, 3, 32, 32)).shape == (2, 4)
+    cfg.input_shape = (1, 28, 28)
+    with pytest.raises(ConfigError, match="divisible by 32, got 28x28"):
+        Encoder(cfg, 4)

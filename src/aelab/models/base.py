@@ -34,11 +34,8 @@ class ModelConfig:
         if self.arch == "conv":
             if not self.conv_channels or min(self.conv_channels) < 1:
                 raise ConfigError(f"conv_channels must be positive, got {list(self.conv_channels)}")
-            scale = 2 ** len(self.conv_channels)
-            if self.input_shape[1] % scale or self.input_shape[2] % scale:
-                raise ConfigError(f"conv arch with {len(self.conv_channels)} stride-2 layers needs image "
-                                  f"sides divisible by {scale}, got "
-                                  f"{self.input_shape[1]}x{self.input_shape[2]}")
+            # the image size is checked when the model is built (blocks.conv_grid): only then
+            # does input_shape hold the data's size
 
 
 @dataclass

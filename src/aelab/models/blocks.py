@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 ARCHS = ("mlp", "conv")
 
 
@@ -25,6 +27,9 @@ def conv_grid(input_shape, channels) -> tuple[int, int, int]:
     """(channels, height, width) of the last convolution's output: each layer halves H and W."""
     _, h, w = input_shape
     scale = 2 ** len(channels)
+    if h % scale or w % scale:
+        raise ConfigError(f"conv arch with {len(channels)} stride-2 layers needs image sides "
+                          f"divisible by {scale}, got {h}x{w}")
     return channels[-1], h // scale, w // scale
 
 
