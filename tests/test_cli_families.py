@@ -119,3 +119,21 @@ def test_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path, 
     records = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
     weights = [(r["train_loss"] - r["train_rec"]) / r["train_kl"] for r in records]
     assert weights == pytest.approx([0.0, 1.0, 2.0], abs=1e-4)
+
+
+def test_a_cvae_refuses_test_labels_beyond_its_classes(tmp_path, mnist_dir, mnist_5k):
+    images, labels = mnist_5k
+    small = tmp_path / "small"
+    small.mkdir()
+    order = np.random.default_rng(0).permutation(len(labels))   # the sample is sorted by class
+    train = order[labels[order] < 5][:300]                         # train on classes 0..4 only
+    test = order[-100:]                                            # test on every class
+    write_idx(small / "train-images-idx3-ubyte.gz", images[train])
+    write_idx(small / "train-labels-idx1-ubyte.gz", labels[train].astype("uint8"))
+    write_idx(small / "t10k-images-idx3-ubyte.gz", images[test])
+    write_idx(small / "t10k-labels-idx1-ubyte.gz", labels[test].astype("uint8"))
+    code, _, err = quiet_main(["train", "--data-dir", str(small), "--model", "cvae", *TINY,
+                               "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "label 9" in only_error_line(err) and "5 classes" in err
+    assert not (tmp_path / "run").exists()

@@ -441,7 +441,7 @@ def cmd_models(args) -> int:
 def _load_for_eval(args):
     """Load a run and the split to evaluate on (its own data unless --dataset/--data-dir)."""
     from dataclasses import replace
-    from .data import check_shape, load_splits
+    from .data import check_labels, check_shape, load_splits
     from .runs import load_run
     from .train import resolve_device
     device = resolve_device(args.device)
@@ -457,6 +457,8 @@ def _load_for_eval(args):
     if len(split) == 0:
         raise ConfigError(f"the {args.split} split of this run is empty")
     check_shape(split, cfg.model.input_shape)
+    if model.needs_labels:
+        check_labels(split, cfg.model.n_classes, f"{args.split} split")
     return cfg, model, split
 
 

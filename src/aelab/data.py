@@ -138,6 +138,13 @@ def check_shape(split: Split, input_shape) -> None:
         raise DataError(f"images are {have} (CxHxW) but the model was built for {want}")
 
 
+def check_labels(split: Split, n_classes: int, name: str = "split") -> None:
+    """Raise DataError unless every label is one of the n_classes the model was built for."""
+    if split.labels is not None and len(split.labels) and int(split.labels.max()) >= n_classes:
+        raise DataError(f"the {name} has label {int(split.labels.max())}, but the model was built "
+                        f"for {n_classes} classes (0..{n_classes - 1})")
+
+
 class Batches:
     """Iterate over a split in batches of float images in [0, 1] (and labels, or None).
 

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
 from .config import RunConfig
-from .data import Batches, Split, load_splits
+from .data import Batches, Split, check_labels, load_splits
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import AelabError, ConfigError, DataError
@@ -157,6 +157,9 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
     model = build_model(cfg.model).to(device)
     if model.needs_labels and splits.train.labels is None:
         raise DataError(f"a {cfg.model.name} trains on labels, and this data has no label files")
+    if model.needs_labels:
+        for part in ("val", "test"):
+            check_labels(getattr(splits, part), cfg.model.n_classes, f"{part} split")
     opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     info = {"aelab_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": str(device), "data": splits.describe(),
