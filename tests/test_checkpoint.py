@@ -128,7 +128,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_loadable(tmp_path, mo
     def dying_replace(src, dst):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(runs.os, "replace", dying_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(RunError, match="No space left on device; the previous file is intact"):
         save_checkpoint(tmp_path, model, opt, epoch=2, step=20)
     monkeypatch.undo()
     assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
@@ -187,3 +187,27 @@ def test_resume_can_extend_a_finished_run(tmp_path, mnist_dir, capsys):
     assert epochs_in(run) == [1, 2]
     with pytest.raises(RunError):
         load_checkpoint(tmp_path, None, None)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_epoch(tmp_path, mnist_dir, capsys, monkeypatch):
+    writes = {"n": 0}
+    real_replace = runs.os.replace
+
+    def disk_full_in_epoch_two(src, dst):
+        writes["n"] += 1
+        if writes["n"] > 5:       # config.yaml, run.json, then epoch 1's checkpoint, metrics, model
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(runs.os, "replace", disk_full_in_epoch_two)
+    run = tmp_path / "run"
+    code = main(["train", "--data-dir", mnist_dir, "--epochs", "3", "--hidden", "16", "--latent-dim", "2",
+                 "--out", str(run)])
+    monkeypatch.undo()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "No space left on device; the previous file is intact" in err[0]
+    assert epochs_in(run) == [1]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert main(["train", "--resume", str(run)]) == 0          # and the run can go on
+    assert epochs_in(run) == [1, 2, 3]

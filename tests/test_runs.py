@@ -62,7 +62,7 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
     def broken_replace(src, dst):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(aelab.runs.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(RunError, match="No space left on device; the previous file is intact"):
         atomic_write(path, "new")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.txt"]

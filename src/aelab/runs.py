@@ -23,18 +23,27 @@ MODEL_FILE = "model.safetensors"
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write a file under a temporary name in the same folder, then rename it into place."""
+    """Write a file under a temporary name in the same folder, then rename it into place.
+
+    A failure (a full disk, a missing folder, no permission) leaves any previous file intact,
+    removes the temporary one and raises RunError with one line naming the file.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a new file's usual mode
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = "; the previous file is intact" if path.exists() else ""
+            raise RunError(f"cannot write {path}: {e.strerror or e}{kept}") from None
         raise
 
 
