@@ -25,3 +25,11 @@ def only_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("aelab: error: "), err
     return lines[0]
+
+
+def trained_run(folder, data_dir: str, *flags: str) -> str:
+    """Train a run on ``data_dir`` into ``folder`` (later flags win over earlier ones); its path."""
+    code, _, err = quiet_main(["train", "--data-dir", data_dir, "--no-progress", *flags,
+                               "--out", str(folder)])
+    assert code == 0, err
+    return str(folder)

@@ -15,27 +15,20 @@ from PIL import Image
 import aelab
 from aelab.cli import main
 from aelab.idx import write_idx
-from cli_helpers import quiet_main, only_error_line
+from cli_helpers import only_error_line, trained_run
 
 TINY = ["--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64"]
 EPOCH_LINE = re.compile(r"^epoch \d+/2  train_loss \S+  val_loss \S+  \d+\.\d s$")
 
 
-def trained_run(folder, mnist_dir, *flags) -> str:
-    code, _, err = quiet_main(["train", "--data-dir", mnist_dir, *TINY, "--no-progress",
-                               "--out", str(folder), *flags])
-    assert code == 0, err
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory, mnist_dir) -> str:
-    return trained_run(tmp_path_factory.mktemp("cli") / "vae", mnist_dir)
+    return trained_run(tmp_path_factory.mktemp("cli") / "vae", mnist_dir, *TINY)
 
 
 @pytest.fixture(scope="module")
 def ae_run(tmp_path_factory, mnist_dir) -> str:
-    return trained_run(tmp_path_factory.mktemp("cli") / "ae", mnist_dir, "--model", "ae")
+    return trained_run(tmp_path_factory.mktemp("cli") / "ae", mnist_dir, *TINY, "--model", "ae")
 
 
 @pytest.fixture

@@ -10,30 +10,24 @@ from PIL import Image
 
 from aelab.cli import main
 from aelab.idx import write_idx
-from cli_helpers import quiet_main, only_error_line
+from cli_helpers import quiet_main, only_error_line, trained_run
 
 TINY = ["--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64", "--no-progress"]
 
 
-def trained_run(folder, mnist_dir, *flags) -> str:
-    code, _, err = quiet_main(["train", "--data-dir", mnist_dir, *TINY, "--out", str(folder), *flags])
-    assert code == 0, err
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def iwae_run(tmp_path_factory, mnist_dir) -> str:
-    return trained_run(tmp_path_factory.mktemp("families") / "iwae", mnist_dir, "--model", "iwae", "--k", "3")
+    return trained_run(tmp_path_factory.mktemp("families") / "iwae", mnist_dir, *TINY, "--model", "iwae", "--k", "3")
 
 
 @pytest.fixture(scope="module")
 def cvae_run(tmp_path_factory, mnist_dir) -> str:
-    return trained_run(tmp_path_factory.mktemp("families") / "cvae", mnist_dir, "--preset", "cvae")
+    return trained_run(tmp_path_factory.mktemp("families") / "cvae", mnist_dir, *TINY, "--preset", "cvae")
 
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory, mnist_dir) -> str:
-    return trained_run(tmp_path_factory.mktemp("families") / "vae", mnist_dir)
+    return trained_run(tmp_path_factory.mktemp("families") / "vae", mnist_dir, *TINY)
 
 
 # ---------------------------------------------------------------- iwae
@@ -115,7 +109,7 @@ def test_cvae_on_data_without_labels_is_one_error_line(tmp_path, mnist_dir, caps
 
 
 def test_kl_warmup_trains_the_first_epoch_on_the_reconstruction_alone(tmp_path, mnist_dir):
-    run = trained_run(tmp_path / "warm", mnist_dir, "--kl-warmup", "2", "--epochs", "3", "--beta", "2")
+    run = trained_run(tmp_path / "warm", mnist_dir, *TINY, "--kl-warmup", "2", "--epochs", "3", "--beta", "2")
     records = [json.loads(line) for line in open(f"{run}/metrics.jsonl")]
     weights = [(r["train_loss"] - r["train_rec"]) / r["train_kl"] for r in records]
     assert weights == pytest.approx([0.0, 1.0, 2.0], abs=1e-4)

@@ -15,7 +15,9 @@ from aelab.errors import ConfigError
 from aelab.evaluate import UNITS, binarize_fixed, evaluate, iw_nll, logsumexp_chunks
 from aelab.losses import iwae_bound
 from aelab.models import build_model, model_config_from_dict
-from cli_helpers import quiet_main
+from cli_helpers import quiet_main, trained_run
+
+TINY = ["--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64"]
 
 D = 784                     # pixels of a 1x28x28 image
 
@@ -204,17 +206,9 @@ def test_fixed_binarisation_is_seeded_and_keeps_the_mean(mnist_5k):
 # ---------------------------------------------------------------- the command line
 
 
-def trained_run(folder, mnist_dir, *flags) -> str:
-    code, _, err = quiet_main(["train", "--data-dir", mnist_dir, "--epochs", "2", "--hidden", "32",
-                               "--latent-dim", "4", "--batch-size", "64", "--no-progress",
-                               "--out", str(folder), *flags])
-    assert code == 0, err
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory, mnist_dir) -> str:
-    return trained_run(tmp_path_factory.mktemp("iw") / "vae", mnist_dir)
+    return trained_run(tmp_path_factory.mktemp("iw") / "vae", mnist_dir, *TINY)
 
 
 def eval_json(*argv) -> dict:
@@ -257,7 +251,7 @@ def test_cli_fixed_binarisation_is_repeatable_and_changes_the_figures(vae_run):
 
 
 def test_cli_iw_samples_on_an_ae_is_one_error_line(tmp_path, mnist_dir):
-    run = trained_run(tmp_path / "ae", mnist_dir, "--model", "ae", "--epochs", "1")
+    run = trained_run(tmp_path / "ae", mnist_dir, *TINY, "--model", "ae", "--epochs", "1")
     code, out, err = quiet_main(["eval", run, "--iw-samples", "5", "--json"])
     assert code == 2 and out == ""
     lines = err.splitlines()

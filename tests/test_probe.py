@@ -14,7 +14,7 @@ from aelab.errors import ConfigError, DataError
 from aelab.idx import write_idx
 from aelab.models import build_model, model_config_from_dict
 from aelab.probe import balanced_subset, encode_split, fit_and_score, probe
-from cli_helpers import quiet_main, only_error_line
+from cli_helpers import only_error_line, trained_run
 
 TINY_1 = ["--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--batch-size", "64"]
 ACCURACIES = ("codes_linear", "codes_knn", "pixels_linear", "pixels_knn")
@@ -150,16 +150,9 @@ def main_ok(argv, capsys) -> bool:
     return code == 0
 
 
-def train_tiny(folder, mnist_dir, *flags) -> str:
-    code, _, err = quiet_main(["train", "--data-dir", mnist_dir, *TINY_1, "--no-progress",
-                               "--out", str(folder), *flags])
-    assert code == 0, err
-    return str(folder)
-
-
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory, mnist_dir) -> str:
-    return train_tiny(tmp_path_factory.mktemp("probe") / "vae", mnist_dir)
+    return trained_run(tmp_path_factory.mktemp("probe") / "vae", mnist_dir, *TINY_1)
 
 
 def test_cli_probe_json_gives_four_accuracies_above_chance(vae_run, capsys):
@@ -194,7 +187,7 @@ def test_cli_probe_prints_a_table(vae_run, capsys):
 
 
 def test_cli_probe_of_a_cvae_is_one_error_line(tmp_path, mnist_dir, capsys):
-    run = train_tiny(tmp_path / "cvae", mnist_dir, "--model", "cvae")
+    run = trained_run(tmp_path / "cvae", mnist_dir, *TINY_1, "--model", "cvae")
     capsys.readouterr()
     assert main(["probe", run, "--labels", "100"]) == 2
     assert "cvae" in only_error_line(capsys.readouterr().err)
