@@ -19,7 +19,7 @@ from typing import Iterable
 import torch
 
 from .data import Batches, Split
-from .distributed import all_reduce_sum, shard
+from .distributed import all_reduce_sum
 from .errors import ConfigError
 from .models import Autoencoder
 
@@ -72,24 +72,18 @@ def mean_loss(model: Autoencoder, batches: Batches) -> dict[str, float]:
     """The training objective and its parts averaged per image (``loss``, ``rec``, ``kl``...),
     added up over every process."""
     model.eval()
-    names, total = None, None
+    names, total, n = None, None, 0
     for x, y in batches:
         out = model(x, y)
         parts = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())]).double()
         names = names or ["loss", *out.terms]
         total = parts * len(x) if total is None else total + parts * len(x)
+        n += len(x)
     if total is None:
         return {}
-    counted = torch.cat([total, total.new_tensor([batches_images(batches)])])
+    counted = torch.cat([total, total.new_tensor([n])])
     all_reduce_sum(counted)
     return {name: float(v) / max(float(counted[-1]), 1.0) for name, v in zip(names, counted[:-1])}
-
-
-def batches_images(batches: Batches) -> int:
-    """How many images this process's batches hold."""
-    n = len(batches.split)
-    usable = n - n % batches.world
-    return len(range(usable)[shard(usable, batches.rank, batches.world)]) if batches.world > 1 else n
 
 
 def _rank_world() -> tuple[int, int]:
