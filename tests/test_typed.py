@@ -30,6 +30,8 @@ from aelab.typed import cast, dataclass_from_dict, suggest
     (False, bool, False),
     ("512,256", tuple[int, ...], (512, 256)),
     ("512, 256,", tuple[int, ...], (512, 256)),
+    ("[512, 256]", tuple[int, ...], (512, 256)),   # YAML flow style on the command line
+    ("[64]", tuple[int, ...], (64,)),
     ([1, "2"], tuple[int, ...], (1, 2)),
     (8, tuple[int, ...], (8,)),
     (3, str, "3"),

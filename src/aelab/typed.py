@@ -43,7 +43,12 @@ def cast(value: Any, kind: Any, name: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return cast(value, inner[0], name)
     if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(value, str):              # "512,256" or YAML's "[512, 256]"
+            text = value.strip()
+            if text.startswith("[") and text.endswith("]"):
+                text = text[1:-1]
+            value = text.split(",")
+        items = value
         if not isinstance(items, (list, tuple)):
             items = [items]
         return tuple(cast(v, args[0], name) for v in items if not (isinstance(v, str) and not v.strip()))
