@@ -30,6 +30,8 @@ UNITS = {
     "recon_bce": "binary cross-entropy in nats per image, reconstruction from the code mean",
     "kl": "KL(q(z|x) || N(0, I)) in nats per image",
     "elbo": "evidence lower bound in nats per image (higher is better), z drawn from q(z|x)",
+    "class_error": "fraction of images whose most likely class under the model's classifier "
+                   "q(y|x) is not their label (0 to 1; m2)",
     "code_mean_activation": "mean code activation per image: mean |z| (l1 sparsity) or mean "
                             "sigmoid unit activation (kl sparsity)",
     "iw_bound": "importance weighted bound of k samples (Burda et al. 2016) in nats per image, "
@@ -41,6 +43,19 @@ UNITS = {
     "bits_per_dim": "nll_iw / (D ln 2), D = pixels x channels: bits per pixel value under the "
                     "model's own likelihood on [0, 1] intensities, not a discrete 8-bit "
                     "likelihood, so not comparable with 8-bit bits/dim figures",
+    # eval --fid (sample_quality.py): samples against the split, in a cached classifier's features
+    "frechet_distance": "Fréchet distance (feature units^2, lower is better, 0 for identical "
+                        "statistics) between Gaussians fitted to the 128-d penultimate features "
+                        "of aelab's cached classifier for this dataset on the samples and on the "
+                        "split's images; comparable between models on one dataset only",
+    "classifier_accuracy": "fraction of the dataset's test images that classifier labels "
+                           "correctly (0 to 1): how far its feature space can be trusted",
+    "sample_class_entropy": "mean over samples of the entropy of the classifier's p(y|sample) "
+                            "in nats (0: every sample looks like one class; log K at most)",
+    "sample_marginal_entropy": "entropy of the classifier's mean p(y|sample) over the samples in "
+                               "nats: class coverage (log K when spread evenly over K classes)",
+    "sample_label_accuracy": "fraction of a label-conditional model's samples (classes drawn in "
+                             "turn) that the classifier labels as the class asked for",
 }
 
 
