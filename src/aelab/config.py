@@ -27,12 +27,19 @@ class DataConfig:
     binarize: bool = False         # dynamic binarisation: a fresh Bernoulli draw per batch
     fallback: bool = True          # mnist only: use the bundled mnist-5k when mnist cannot be had
     exclude_class: int | None = None   # drop this label from train and val (not test): anomaly runs
+    labels: int | None = None      # keep N training labels (N / n_classes per class, seeded), hide
+                                   # the rest (-1): semi-supervised runs (m2); None keeps them all
+    labelled_batch: int = 10       # with labels: this many labelled images (at most N) join each batch
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.exclude_class is not None and self.exclude_class < 0:
             raise ConfigError(f"data.exclude_class must be a label, 0 or more; got {self.exclude_class}")
+        if self.labels is not None and self.labels < 1:
+            raise ConfigError(f"--labels must be at least 1, got {self.labels}")
+        if self.labelled_batch < 1:
+            raise ConfigError(f"data.labelled_batch must be at least 1, got {self.labelled_batch}")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .data import Batches, Split
+from .data import Batches, Split, balanced_subset
 from .errors import ConfigError, DataError
 from .models import Autoencoder
 
@@ -32,35 +32,6 @@ KNN = {"weights": "uniform", "metric": "euclidean"}
 FEATURES = ("codes", "pixels")
 CLASSIFIERS = ("linear", "knn")
 ACCURACY_UNIT = "fraction of the evaluation split's images classified correctly (0 to 1)"
-
-
-def balanced_subset(labels: Tensor | np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of n labelled images, n / n_classes of each class, drawn without replacement.
-
-    The classes are the distinct values in ``labels``; n must be a multiple of their number (no
-    rule for spreading a remainder is guessed). The same seed gives the same indices.
-
-    Args:
-        labels: (N,) integer class of each image.
-        n: how many images to pick.
-        seed: seed of the draw.
-    Returns:
-        (n,) sorted int64 indices into ``labels``.
-    """
-    labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
-    if n < 1 or n % len(classes):
-        raise ConfigError(f"--labels {n} is not a positive multiple of the {len(classes)} classes "
-                          f"(use e.g. {max(1, round(n / len(classes))) * len(classes)})")
-    per_class = n // len(classes)
-    short = counts < per_class
-    if short.any():
-        c = classes[short.argmax()]
-        raise DataError(f"--labels {n} needs {per_class} training images of each class, but class "
-                        f"{c} has only {counts[short.argmax()]}")
-    rng = np.random.default_rng(seed)
-    picked = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in classes]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
 
 
 @torch.no_grad()

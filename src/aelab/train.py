@@ -21,7 +21,7 @@ from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import AelabError, ConfigError, DataError
 from .evaluate import evaluate, mean_loss
-from .models import Autoencoder, build_model
+from .models import Autoencoder, build_model, model_class
 from .runs import (create_run_dir, read_run_info, save_model, write_config, write_metrics,
                    write_run_info)
 from .viz import save_grid, save_loss_curve, save_reconstructions
@@ -150,10 +150,15 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
     ranks = distributed.setup(device)          # rank 0 of 1 unless started by torchrun
     device = distributed.local_device(device, ranks)
     seed_everything(cfg.train.seed + ranks.rank)   # own noise per process; DDP syncs the weights
+    if cfg.data.labels is not None and not model_class(cfg.model.name).partial_labels:
+        raise ConfigError(f"--labels hides training labels, and a {cfg.model.name} cannot learn "
+                          "from partly labelled data; use --model m2")
     splits = load_splits(cfg.data, cfg.train.seed, device)
     cfg.data.name = splits.name                  # record the data really used (mnist-5k fallback)
     cfg.model.input_shape = splits.train.image_shape
     cfg.model.n_classes = splits.n_classes
+    n_labelled = len(splits.train) if splits.labelled is None else len(splits.labelled)
+    model_class(cfg.model.name).fit_config(cfg.model, len(splits.train), n_labelled)  # -> config.yaml
     model = build_model(cfg.model).to(device)
     if model.needs_labels and splits.train.labels is None:
         raise DataError(f"a {cfg.model.name} trains on labels, and this data has no label files")
@@ -182,8 +187,11 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
              len(splits.val), len(splits.test), device,
              f", {ranks.world_size} processes" if ranks.enabled else "")
 
+    # with hidden labels, a minibatch of the labelled images joins every batch
+    labelled = None if splits.labelled is None else splits.train.known()
     batches = Batches(splits.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
-                      binarize=cfg.data.binarize, rank=ranks.rank, world=ranks.world_size)
+                      binarize=cfg.data.binarize, rank=ranks.rank, world=ranks.world_size,
+                      labelled=labelled, labelled_batch=min(cfg.data.labelled_batch, n_labelled))
     val_batches = Batches(splits.val, 1000, binarize=cfg.data.binarize, rank=ranks.rank,
                           world=ranks.world_size)
     net = model
