@@ -276,6 +276,7 @@ class VQVAE(Autoencoder):
 
     config_cls = VQVAEConfig
     can_sample = True
+    continuous_code = False       # a code between codebook vectors was never decoded in training
 
     def __init__(self, cfg: VQVAEConfig):
         super().__init__(cfg)
