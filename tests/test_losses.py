@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from aelab.losses import (bernoulli_nll, gaussian_nll, kl_std_normal, mse_as_gaussian_nll,
+from aelab.losses import (bernoulli_nll, gaussian_nll, kl_normal_diag, kl_std_normal,
+                          mse_as_gaussian_nll,
                           mse_per_pixel, reparameterize)
 
 
@@ -33,6 +34,16 @@ def test_kl_matches_torch_distributions(gen):
     assert kl.shape == (6,)
     torch.testing.assert_close(kl, expected)
     assert (kl > 0).all()
+
+
+def test_kl_between_diagonal_gaussians_matches_torch_distributions(gen):
+    mu, mu_p = torch.randn(6, 4, generator=gen) * 2, torch.randn(6, 4, generator=gen)
+    logvar, logvar_p = torch.randn(6, 4, generator=gen), torch.randn(6, 4, generator=gen)
+    expected = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)),
+                             Normal(mu_p, torch.exp(0.5 * logvar_p))).sum(-1)
+    torch.testing.assert_close(kl_normal_diag(mu, logvar, mu_p, logvar_p), expected)
+    zeros = torch.zeros(6, 4)
+    torch.testing.assert_close(kl_normal_diag(mu, logvar, zeros, zeros), kl_std_normal(mu, logvar))
 
 
 def test_bernoulli_nll_matches_bernoulli_log_prob_for_binary_pixels(gen, tiny_images):

@@ -105,6 +105,13 @@ def continuous_bernoulli_mean(logits: Tensor) -> Tensor:
 # ---------------------------------------------------------------- importance weighting
 
 
+def kl_normal_diag(mu: Tensor, logvar: Tensor, mu_p: Tensor, logvar_p: Tensor) -> Tensor:
+    """KL(N(mu, diag(exp(logvar))) || N(mu_p, diag(exp(logvar_p)))) summed over the last dimension:
+    0.5 * sum(logvar_p - logvar + (exp(logvar) + (mu - mu_p)^2) / exp(logvar_p) - 1)."""
+    return 0.5 * (logvar_p - logvar + (logvar.exp() + (mu - mu_p).square()) * torch.exp(-logvar_p)
+                  - 1).sum(-1)
+
+
 def log_normal_diag(z: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | float = 0.0) -> Tensor:
     """log N(z; mu, diag(exp(logvar))) summed over the last dimension; the defaults give N(0, I).
 
@@ -124,6 +131,23 @@ def iwae_bound(log_w: Tensor, dim: int = 0) -> Tensor:
     L_1 is the ELBO; E[L_k] rises with k towards log p(x). Higher is better.
     """
     return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+def dreg_surrogate(log_w: Tensor, z: Tensor) -> Tensor:
+    """Zero in value; its gradient is the DReG estimate of the k-sample bound's gradient
+    (Tucker, Lawson, Gu & Maddison 2019, arXiv:1810.04152, eq. 5), batch-mean, to be minimised.
+
+    ``log_w`` (k, B) must hold log q(z_i|x) with q's parameters detached and ``z`` (k, B, D) the
+    reparameterised draws it was computed at. The decoder gets the IWAE gradient,
+    sum_i w~_i grad log w_i, with w~ the normalised weights; the encoder, through z alone,
+    sum_i w~_i^2 (d log w_i / d z_i)(d z_i / d phi), whose variance does not grow with k as the
+    IWAE encoder gradient's signal-to-noise ratio falls (Rainforth et al. 2018).
+    """
+    w = torch.softmax(log_w.detach(), dim=0)                        # (k, B)
+    if z.requires_grad:
+        z.register_hook(lambda grad: grad * w.unsqueeze(-1))         # w~_i -> w~_i^2 on z's path
+    surrogate = -(w * log_w).sum(0).mean()
+    return surrogate - surrogate.detach()
 
 
 # ---------------------------------------------------------------- vector quantisation

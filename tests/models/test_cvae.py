@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aelab.errors import DataError
+from aelab.errors import ConfigError, DataError
 from aelab.losses import bernoulli_nll, kl_std_normal, reparameterize
 from aelab.models import build_model, model_config_from_dict
 from aelab.models.cvae import CVAE
@@ -145,3 +145,71 @@ def test_without_classes_a_cvae_is_a_plain_vae(tiny_images):
     a = cvae(tiny_images)
     torch.manual_seed(0)
     assert torch.equal(a.loss, vae(tiny_images).loss)
+
+
+# ---------------------------------------------------------------- the learned class prior
+
+
+def learned_prior_cvae(seed=0):
+    model = tiny_cvae(seed, prior="learned")
+    with torch.no_grad():   # three classes far apart, each with its own spread
+        model.prior_mu.copy_(torch.tensor([[5.0, 0.0], [0.0, 5.0], [-5.0, -5.0]]))
+        model.prior_logvar.copy_(torch.tensor([[-2.0, -2.0], [0.0, 0.0], [-4.0, 1.0]]))
+    return model
+
+
+def test_unknown_prior_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown prior 'flat'"):
+        tiny_cvae(prior="flat")
+
+
+def test_the_learned_prior_starts_as_the_standard_normal(tiny_images):
+    standard, learned = tiny_cvae(), tiny_cvae(prior="learned")
+    learned.load_state_dict({**standard.state_dict(), "prior_mu": learned.prior_mu,
+                             "prior_logvar": learned.prior_logvar})
+    torch.manual_seed(1)
+    a = standard(tiny_images, LABELS)
+    torch.manual_seed(1)
+    b = learned(tiny_images, LABELS)
+    torch.testing.assert_close(b.loss, a.loss)
+
+
+def test_the_kl_is_to_the_prior_of_each_images_class(tiny_images):
+    model = learned_prior_cvae()
+    mu, logvar = model.encode(tiny_images, LABELS)
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, torch.exp(0.5 * logvar)),
+        torch.distributions.Normal(model.prior_mu[LABELS], torch.exp(0.5 * model.prior_logvar[LABELS]))).sum(-1)
+    torch.testing.assert_close(model.kl(mu, logvar, LABELS), expected)
+    torch.testing.assert_close(model.metrics(tiny_images, LABELS)["kl"], expected)
+    torch.manual_seed(2)
+    out = model(tiny_images, LABELS)
+    torch.testing.assert_close(out.terms["kl"], expected.mean())
+
+
+def test_samples_of_a_class_come_from_that_classes_prior():
+    model = learned_prior_cvae()
+    labels = torch.tensor([0, 1, 2]).repeat_interleave(4000)
+    z = model.draw_prior(len(labels), torch.Generator().manual_seed(0), labels)
+    for c in range(3):
+        zc = z[labels == c]
+        torch.testing.assert_close(zc.mean(0), model.prior_mu[c].detach(), atol=0.1, rtol=0)
+        torch.testing.assert_close(zc.var(0).log(), model.prior_logvar[c].detach(), atol=0.1, rtol=0)
+
+
+def test_the_importance_weights_use_the_class_prior(tiny_images):
+    model = learned_prior_cvae()
+    torch.manual_seed(3)
+    log_w, log_px, z, _ = model.log_weights(tiny_images, 3, LABELS)
+    mu, logvar = model.encode(tiny_images, LABELS)
+    prior = torch.distributions.Normal(model.prior_mu[LABELS], torch.exp(0.5 * model.prior_logvar[LABELS]))
+    posterior = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    expected = log_px + prior.log_prob(z).sum(-1) - posterior.log_prob(z).sum(-1)
+    torch.testing.assert_close(log_w, expected)
+
+
+def test_the_learned_prior_gets_gradients_and_is_saved(tiny_images):
+    model = learned_prior_cvae()
+    model(tiny_images, LABELS).loss.backward()
+    assert model.prior_mu.grad[LABELS.unique()].abs().sum() > 0
+    assert "prior_mu" in model.state_dict() and "prior_logvar" in model.state_dict()

@@ -181,3 +181,58 @@ def test_other_likelihoods_give_finite_bounds(likelihood, tiny_images):
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ---------------------------------------------------------------- the DReG estimator
+
+
+def grads_after(model, x, seed):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = model(x)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_unknown_estimator_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown estimator 'reinforce'"):
+        tiny("iwae", estimator="reinforce")
+
+
+def test_dreg_has_the_iwae_loss_and_decoder_gradient_and_another_encoder_gradient(tiny_images):
+    iwae = tiny("iwae", k=5)
+    dreg = tiny("iwae", k=5, estimator="dreg")
+    dreg.load_state_dict(iwae.state_dict())
+    loss_a, grad_a = grads_after(iwae, tiny_images, seed=3)
+    loss_b, grad_b = grads_after(dreg, tiny_images, seed=3)
+    torch.testing.assert_close(loss_b, loss_a)                        # the value: minus the bound
+    for name in grad_a:
+        if name.startswith("decoder"):
+            torch.testing.assert_close(grad_b[name], grad_a[name])
+        elif name.startswith("encoder"):
+            assert not torch.allclose(grad_b[name], grad_a[name]), name
+
+
+def test_dreg_encoder_gradient_weights_each_draw_by_its_squared_normalised_weight(tiny_images):
+    model = tiny("iwae", k=5, estimator="dreg")
+    _, grad = grads_after(model, tiny_images, seed=4)
+    # by hand, with no hook: log w with q's parameters cut (the encoder reaches it through z only),
+    # each draw weighted by its normalised weight squared
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(4)
+    log_w = model.log_weights(tiny_images, 5, detach_q=True)[0]
+    w = torch.softmax(log_w.detach(), dim=0)
+    (-(w.square() * log_w).sum(0).mean()).backward()
+    for name, p in model.named_parameters():
+        if name.startswith("encoder"):
+            torch.testing.assert_close(grad[name], p.grad, msg=name)
+
+
+def test_detach_q_changes_no_value(tiny_images):
+    model = tiny("iwae", k=3)
+    torch.manual_seed(5)
+    plain = model.log_weights(tiny_images, 3)
+    torch.manual_seed(5)
+    cut = model.log_weights(tiny_images, 3, detach_q=True)
+    for a, b in zip(plain, cut):
+        assert torch.equal(a, b)

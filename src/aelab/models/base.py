@@ -53,6 +53,13 @@ class Autoencoder(nn.Module):
     family = ""                   # set by @register
     can_sample = False
     needs_labels = False          # True: forward/metrics use y, and training data must have labels
+    partial_labels = False        # True: trains with some labels hidden (-1): data.labels applies
+    continuous_code = True        # False: only codebook vectors decode to trained-on inputs (vqvae)
+
+    @classmethod
+    def fit_config(cls, cfg: ModelConfig, n_train: int, n_labelled: int) -> None:
+        """Fill in options that depend on the training data (n_train images, n_labelled of them
+        with a label), before the model is built; nothing for most families."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -91,6 +98,11 @@ class Autoencoder(nn.Module):
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Mean reconstruction in [0, 1], (B, C, H, W); y (B,): labels, for families that use them."""
         return torch.sigmoid(self.decode(self.embed(x)))
+
+    def decode_images(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Codes (B, latent_dim) -> mean images in [0, 1], (B, C, H, W); y (B,): labels, for
+        families that use them (pictures of codes that no image was encoded to: aelab.pictures)."""
+        return torch.sigmoid(self.decode(z))
 
     @torch.no_grad()
     def metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:

@@ -1,7 +1,12 @@
-"""Conditional VAE: encoder q(z|x, y) and decoder p(x|z, y) see the label as a one-hot vector; the
-prior stays N(0, I) (Sohn, Lee & Yan 2015; Kingma et al. 2014, arXiv:1406.5298, model M2 with y
-observed). The loss is the VAE's -ELBO of log p(x|y); everything but the two networks' inputs is
-the VAE's. ``n_classes`` comes from the training data's labels.
+"""Conditional VAE: encoder q(z|x, y) and decoder p(x|z, y) see the label as a one-hot vector
+(Sohn, Lee & Yan 2015; Kingma et al. 2014, arXiv:1406.5298, model M2 with y observed). The loss is
+the VAE's -ELBO of log p(x|y). ``n_classes`` comes from the training data's labels.
+
+The prior. ``prior: standard`` keeps N(0, I) for every class. ``prior: learned`` gives each class
+its own diagonal Gaussian p(z|y) = N(m_y, diag(exp(s_y))) (Sohn et al.'s prior network, here a
+table of 2 x latent_dim numbers per class), trained with the rest through the analytic KL. Why:
+nothing stops q(z|x, y) from also encoding the class, and then codes drawn from N(0, I) for class
+c decode to other classes; a learned p(z|c) sits where the codes of class c are.
 
 Labels: ``forward`` and ``metrics`` need them. ``sample`` draws the given classes, or cycles
 through 0..n_classes-1 so a grid shows every class. ``embed`` and ``reconstruct`` use the given
@@ -13,17 +18,26 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..errors import DataError
-from ..losses import kl_std_normal
+from ..errors import ConfigError, DataError
+from ..losses import kl_normal_diag, kl_std_normal, log_normal_diag
 from .registry import register
 from .vae import VAE, VAEConfig
+
+
+PRIORS = ("standard", "learned")
 
 
 @dataclass
 class CVAEConfig(VAEConfig):
     name: str = "cvae"
+    prior: str = "standard"       # standard: N(0, I); learned: a Gaussian per class
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prior not in PRIORS:
+            raise ConfigError(f"unknown prior {self.prior!r}; choose from {', '.join(PRIORS)}")
 
 
 @register("cvae")
@@ -35,6 +49,31 @@ class CVAE(VAE):
 
     def __init__(self, cfg: CVAEConfig):
         super().__init__(cfg, n_condition=cfg.n_classes)
+        if cfg.prior == "learned":   # rows: classes; zeros: N(0, I) at the start
+            self.prior_mu = nn.Parameter(torch.zeros(max(cfg.n_classes, 1), cfg.latent_dim))
+            self.prior_logvar = nn.Parameter(torch.zeros(max(cfg.n_classes, 1), cfg.latent_dim))
+
+    def class_prior(self, y: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """(mean, log-variance) of p(z|y), (B, latent_dim) each; None for the standard prior."""
+        if self.cfg.prior == "standard":
+            return None
+        if y is None:
+            raise DataError(f"a {self.family} with a learned prior needs the labels of its images")
+        return self.prior_mu[y.long()], self.prior_logvar[y.long()]
+
+    def kl(self, mu: Tensor, logvar: Tensor, y: Tensor | None = None) -> Tensor:
+        prior = self.class_prior(y)
+        return kl_std_normal(mu, logvar) if prior is None else kl_normal_diag(mu, logvar, *prior)
+
+    def log_prior(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        prior = self.class_prior(y)
+        return log_normal_diag(z) if prior is None else log_normal_diag(z, *prior)
+
+    def draw_prior(self, n: int, generator: torch.Generator | None = None,
+                   labels: Tensor | None = None) -> Tensor:
+        z = super().draw_prior(n, generator, labels)
+        prior = self.class_prior(labels) if labels is not None else None
+        return z if prior is None else prior[0] + torch.exp(0.5 * prior[1]) * z
 
     def one_hot(self, y: Tensor | None, like: Tensor) -> Tensor:
         """(B,) labels -> (B, n_classes) floats of like's dtype; (B, 0) for a model without classes."""
@@ -59,7 +98,7 @@ class CVAE(VAE):
         for c in range(self.cfg.n_classes):
             y = torch.full((len(x),), c, dtype=torch.long, device=x.device)
             mu, logvar = self.encode(x, y)
-            scores.append(self.log_likelihood(self.decode(mu, y), x) - kl_std_normal(mu, logvar))
+            scores.append(self.log_likelihood(self.decode(mu, y), x) - self.kl(mu, logvar, y))
         return torch.stack(scores, dim=1).argmax(dim=1)
 
     def embed(self, x: Tensor, y: Tensor | None = None) -> Tensor:

@@ -16,19 +16,25 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..losses import iwae_bound
+from ..losses import dreg_surrogate, iwae_bound
 from .base import ModelOutput
 from .registry import register
 from .vae import VAE, VAEConfig
+
+
+ESTIMATORS = ("iwae", "dreg")
 
 
 @dataclass
 class IWAEConfig(VAEConfig):
     name: str = "iwae"
     k: int = 5                    # importance samples per image; 1 gives the Monte-Carlo ELBO
+    estimator: str = "iwae"       # gradient of the bound: iwae (Burda et al.) | dreg (Tucker et al.)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.k < 1:
             raise ConfigError(f"k (importance samples) must be at least 1, got {self.k}")
         if self.beta != 1 or self.kl_warmup:
@@ -43,8 +49,11 @@ class IWAE(VAE):
     config_cls = IWAEConfig
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> ModelOutput:
-        log_w, log_px, z, logits = self.log_weights(x, self.cfg.k, y)   # (k, B) ...
+        dreg = self.cfg.estimator == "dreg" and torch.is_grad_enabled()
+        log_w, log_px, z, logits = self.log_weights(x, self.cfg.k, y, detach_q=dreg)   # (k, B) ...
         loss = -iwae_bound(log_w).mean()
+        if dreg:
+            loss = loss.detach() + dreg_surrogate(log_w, z)
         # Monte-Carlo parts over the k draws, for the logs: rec + kl = -mean(log w) >= loss
         terms = {"rec": -log_px.mean(), "kl": (log_px - log_w).mean()}
         return ModelOutput(loss=loss, logits=logits[0], z=z[0], terms=terms)

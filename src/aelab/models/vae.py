@@ -90,6 +90,20 @@ class VAE(Autoencoder):
         """(B, latent_dim) -> logits (B, C, H, W)."""
         return self.decoder(z)
 
+    # The prior p(z | y): N(0, I) here, whatever y; a cvae may learn one per class.
+    def kl(self, mu: Tensor, logvar: Tensor, y: Tensor | None = None) -> Tensor:
+        """KL(q(z|x) || p(z)) per image, (B,), analytic."""
+        return kl_std_normal(mu, logvar)
+
+    def log_prior(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """log p(z) summed over latent dimensions, z (..., B, D) -> (..., B)."""
+        return log_normal_diag(z)
+
+    def draw_prior(self, n: int, generator: torch.Generator | None = None,
+                   labels: Tensor | None = None) -> Tensor:
+        """n codes z ~ p(z), (n, latent_dim)."""
+        return torch.randn(n, self.cfg.latent_dim, generator=generator, device=self.log_sigma.device)
+
     def start_epoch(self, epoch: int) -> None:
         self.kl_weight = kl_weight_at(epoch, self.cfg.beta, self.cfg.kl_warmup)
 
@@ -122,11 +136,11 @@ class VAE(Autoencoder):
         z = reparameterize(mu, logvar)
         logits = self.decode(z, y)
         rec = self.reconstruction_nll(logits, x)             # (B,)
-        kl = kl_std_normal(mu, logvar)                       # (B,), analytic
+        kl = self.kl(mu, logvar, y)                          # (B,), analytic
         loss = (rec + self.kl_weight * kl).mean()
         return ModelOutput(loss=loss, logits=logits, z=z, terms={"rec": rec.mean(), "kl": kl.mean()})
 
-    def log_weights(self, x: Tensor, k: int = 1, y: Tensor | None = None
+    def log_weights(self, x: Tensor, k: int = 1, y: Tensor | None = None, detach_q: bool = False
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Importance weights of k draws z_i ~ q(z|x) per image (Burda et al. 2016, eq. 8).
 
@@ -134,12 +148,16 @@ class VAE(Autoencoder):
         mean is a Monte-Carlo ELBO (the KL estimated at the same z_i rather than analytic, so equal
         to the ELBO of ``metrics`` in expectation only); ``iwae_bound`` of them is the k-sample bound.
         Returns log_w and log p(x|z_i), (k, B) each, z (k, B, latent_dim) and logits (k, B, C, H, W).
+        ``detach_q``: log q(z_i|x) with mu and logvar cut from the graph (the encoder's gradient
+        then flows through z_i alone, as the DReG estimator needs); the values are unchanged.
         """
         mu, logvar = self.encode(x, y)
         z = reparameterize(mu.expand(k, *mu.shape), logvar.expand(k, *logvar.shape))   # (k, B, D)
         logits = self.decode(z.flatten(0, 1), None if y is None else y.repeat(k))
         log_px = self.log_likelihood(logits, x.expand(k, *x.shape).flatten(0, 1)).view(k, len(x))
-        log_w = log_px + log_normal_diag(z) - log_normal_diag(z, mu, logvar)
+        if detach_q:
+            mu, logvar = mu.detach(), logvar.detach()
+        log_w = log_px + self.log_prior(z, y) - log_normal_diag(z, mu, logvar)
         return log_w, log_px, z, logits.view(k, *x.shape)
 
     @torch.no_grad()
@@ -147,8 +165,9 @@ class VAE(Autoencoder):
                labels: Tensor | None = None) -> Tensor:
         """Mean images decoded from z ~ N(0, I), (n, C, H, W) in [0, 1]."""
         device = self.log_sigma.device
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=device)
-        return self.mean_image(self.decode(z, None if labels is None else labels.to(device)))
+        labels = None if labels is None else labels.to(device)
+        z = self.draw_prior(n, generator, labels)
+        return self.mean_image(self.decode(z, labels))
 
     def embed(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The posterior mean, (B, latent_dim)."""
@@ -157,6 +176,9 @@ class VAE(Autoencoder):
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The mean image decoded from the posterior mean, (B, C, H, W) in [0, 1]."""
         return self.mean_image(self.decode(self.embed(x, y), y))
+
+    def decode_images(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.mean_image(self.decode(z, y))
 
     @torch.no_grad()
     def metrics(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
@@ -167,6 +189,6 @@ class VAE(Autoencoder):
         out = {"recon_mse": mse_per_pixel(self.mean_image(logits), x),
                "recon_bce": bernoulli_nll(logits, x)}
         log_px = self.log_likelihood(self.decode(reparameterize(mu, logvar), y), x)
-        kl = kl_std_normal(mu, logvar)
+        kl = self.kl(mu, logvar, y)
         out.update(kl=kl, elbo=log_px - kl)
         return out
