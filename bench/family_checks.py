@@ -3,25 +3,27 @@
     python bench/family_checks.py RUNS_DIR
 
 RUNS_DIR holds runs named after their presets (seed-ae, denoising-gauss, sparse-ae, vae-mnist,
-conv-vae, iwae, cvae, vqvae, ...), e.g. made with
+conv-vae, iwae, cvae, vqvae, ...; ae-16: seed-ae with latent_dim 16, the vqvae's code budget),
+e.g. made with
 `aelab train --preset P --dataset fashion-mnist --out RUNS_DIR/P`. Prints the model table
 (family, parameters, seconds per epoch, test recon_mse, test elbo) and each check's figures.
 """
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from aelab.corruption import corrupt
 from aelab.data import Batches, load_splits
 from aelab.evaluate import evaluate
 from aelab.losses import iwae_bound
 from aelab.runs import load_run
+from aelab.sample_quality import classifier_for
 
 
 def load(runs: Path, name: str):
@@ -53,26 +55,19 @@ def k_sample_bound(model, split, k=5, seed=0) -> float:
     return total / len(split)
 
 
-def train_classifier(train, test, epochs=8, seed=0):
-    """A small conv net on the real training images; returns it and its test accuracy."""
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    batches = Batches(train, 128, shuffle=True, seed=seed)
-    for epoch in range(epochs):
-        batches.set_epoch(epoch)
-        net.train()
-        for x, y in batches:
-            opt.zero_grad()
-            F.cross_entropy(net(x), y).backward()
-            opt.step()
-    net.eval()
-    with torch.no_grad():
-        correct = sum((net(x).argmax(1) == y).sum().item() for x, y in Batches(test, 1000))
-    return net, correct / len(test)
+@torch.no_grad()
+def quantised_code_mse(model, train, test, bits: int) -> float:
+    """Test recon_mse of an ae whose code numbers are each stored in ``bits`` bits: uniform levels
+    over each code dimension's range on the training images, the nearest level decoded."""
+    codes = torch.cat([model.embed(x) for x, _ in Batches(train, 1000)])
+    low, high = codes.min(0).values, codes.max(0).values
+    step = (high - low).clamp_min(1e-12) / (2**bits - 1)
+    total = 0.0
+    for x, _ in Batches(test, 1000):
+        z = model.embed(x).clamp(low, high)
+        z = low + torch.round((z - low) / step) * step
+        total += (torch.sigmoid(model.decode(z)) - x).square().mean(dim=(1, 2, 3)).sum().item()
+    return total / len(test)
 
 
 def main(runs: Path) -> None:
@@ -114,21 +109,38 @@ def main(runs: Path) -> None:
               f"{'higher' if b > a else 'NOT higher'}")
     if "cvae" in loaded:
         cfg, model, _, splits, _ = loaded["cvae"]
-        net, acc = train_classifier(splits.train, splits.test)
-        gen = torch.Generator().manual_seed(0)
-        per_class = []
+        clf = classifier_for(cfg.data)        # the cached classifier of `aelab eval --fid`
+        labels = torch.arange(500 * cfg.model.n_classes) % cfg.model.n_classes
         with torch.no_grad():
-            for c in range(cfg.model.n_classes):
-                x = model.sample(500, generator=gen, labels=torch.full((500,), c))
-                per_class.append((net(x).argmax(1) == c).float().mean().item())
-        print(f"cvae: classifier test accuracy {acc:.4f}; samples labelled as their class: "
-              f"{statistics.mean(per_class):.4f} overall, per class "
+            x = model.sample(len(labels), generator=torch.Generator().manual_seed(0), labels=labels)
+            right = clf.net.classify(x) == labels
+            recon = clf.net.classify(model.reconstruct(splits.test.images.float() / 255,
+                                                       splits.test.labels)) == splits.test.labels
+        per_class = [right[labels == c].float().mean().item() for c in range(cfg.model.n_classes)]
+        print(f"cvae: classifier test accuracy {clf.test_accuracy:.4f} (on the cvae's test "
+              f"reconstructions {recon.float().mean().item():.4f}); samples labelled as their class: "
+              f"{right.float().mean().item():.4f} overall, per class "
               + " ".join(f"{p:.2f}" for p in per_class))
-    if {"vqvae", "seed-ae"} <= set(loaded):
-        hist = loaded["vqvae"][4][-1]
-        print(f"vqvae: test recon_mse {tests['vqvae']['recon_mse']:.5f} vs plain ae "
-              f"{tests['seed-ae']['recon_mse']:.5f}; last epoch code usage "
-              f"{hist.get('code_usage', float('nan')):.3f}, perplexity {hist.get('code_perplexity', float('nan')):.1f}")
+    if "vqvae" in loaded:
+        cfg, model, _, splits, history = loaded["vqvae"]
+        m = cfg.model
+        n_codes, bits = m.latent_dim // m.code_dim, math.log2(m.codebook_size)
+        hist = history[-1]
+        print(f"vqvae: {n_codes} codes of {bits:g} bits = {n_codes * bits:g} bits per image; test "
+              f"recon_mse {tests['vqvae']['recon_mse']:.5f}; last epoch code usage "
+              f"{hist.get('code_usage', float('nan')):.3f}, perplexity "
+              f"{hist.get('code_perplexity', float('nan')):.1f}")
+        same_bits = f"ae-{n_codes}"
+        if same_bits in loaded:
+            _, ae, _, ae_splits, _ = loaded[same_bits]
+            mse = quantised_code_mse(ae, ae_splits.train, ae_splits.test, round(bits))
+            vq = tests["vqvae"]["recon_mse"]
+            print(f"  same code budget: the ae with {n_codes} code numbers, each stored in "
+                  f"{round(bits)} bits: test recon_mse {mse:.5f} (unquantised "
+                  f"{tests[same_bits]['recon_mse']:.5f}) -> vqvae {'lower' if vq < mse else 'NOT lower'}")
+        if "seed-ae" in loaded:
+            print(f"  for scale, the ae with 64 float32 code numbers (2048 bits): "
+                  f"{tests['seed-ae']['recon_mse']:.5f}")
 
 
 if __name__ == "__main__":
