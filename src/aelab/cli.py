@@ -1,5 +1,5 @@
-"""The ``aelab`` command line: train, eval, sample, reconstruct, probe, anomaly, datasets, presets,
-models."""
+"""The ``aelab`` command line: train, eval, sample, reconstruct, interpolate, traverse, latent-map,
+probe, anomaly, datasets, presets, models."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,7 @@ TRAIN_FLAGS = {
     "device": "device", "arch": "model.arch", "weight_decay": "train.weight_decay",
     "sparsity": "model.sparsity", "noise": "model.noise", "contractive": "model.contractive",
     "kl_warmup": "model.kl_warmup", "k": "model.k", "grad_clip": "train.grad_clip",
-    "exclude_class": "data.exclude_class",
+    "exclude_class": "data.exclude_class", "labels": "data.labels",
 }
 
 
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder of MNIST-named IDX files, plain or .gz")
     t.add_argument("--exclude-class", metavar="C", help="leave class C out of the training and "
                    "validation splits (not test): a run for anomaly detection (aelab anomaly)")
+    t.add_argument("--labels", metavar="N", help="m2: keep the labels of N training images (N / "
+                   "classes of each, drawn with the seed) and hide the rest: semi-supervised")
     t.add_argument("--epochs", help="passes over the training split")
     t.add_argument("--batch-size", help="images per step")
     t.add_argument("--lr", help="Adam learning rate")
@@ -108,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluate on one Bernoulli draw of every pixel seeded by --seed, the same "
                    "binary images for every model (binarised-MNIST figures); default none")
     e.add_argument("--anomaly-class", type=int, metavar="C", help="AUROC of class C vs the rest by recon score")
+    e.add_argument("--fid", action="store_true", help="also sample quality (families that "
+                   "sample; labelled data): frechet_distance of samples to the split's images in "
+                   "the features of a classifier trained once per dataset and cached, its "
+                   "classifier_accuracy, sample_class_entropy and sample_marginal_entropy")
+    e.add_argument("--fid-samples", type=_positive_int, metavar="N", help="samples drawn for "
+                   "--fid (default: as many as the split has images)")
     e.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="decode images drawn from a VAE's prior")
@@ -128,6 +136,70 @@ def build_parser() -> argparse.ArgumentParser:
                    "saltpepper:P): rows of noisy inputs, outputs and clean targets")
     r.add_argument("--seed", type=int, default=0, help="seed of the corruption")
     r.set_defaults(func=cmd_reconstruct)
+
+    ip = sub.add_parser("interpolate", help="decode the codes on the line between two images",
+                        description="Encode images I and J of a split (model.embed: the posterior "
+                                    "mean for the vae family), decode STEPS codes on the line "
+                                    "between them, both ends included, and write one row: image I, "
+                                    "the decoded steps, image J.")
+    _run_args(ip)
+    ip.add_argument("--from", dest="source", type=int, required=True, metavar="I",
+                    help="index of the first image in the split")
+    ip.add_argument("--to", dest="target", type=int, required=True, metavar="J",
+                    help="index of the last image in the split")
+    ip.add_argument("-n", type=_positive_int, default=10, metavar="STEPS",
+                    help="decoded codes, both ends included (default 10)")
+    ip.add_argument("--slerp", action="store_true", help="vae family: a spherical path instead "
+                    "of the straight line (White 2016)")
+    ip.add_argument("--split", choices=("test", "val"), default="test")
+    ip.add_argument("--label", type=int, help="cvae: the class every step is decoded as "
+                    "(default: image I's)")
+    ip.add_argument("-o", "--output", default="interpolation.png", help="PNG file "
+                    "(default interpolation.png)")
+    ip.set_defaults(func=cmd_interpolate)
+
+    tv = sub.add_parser("traverse", help="decode one latent dimension at a time over a range",
+                        description="One row per latent dimension: that dimension moved from "
+                                    "-RANGE to +RANGE around a code (image I's, or 0, the prior "
+                                    "mean of the vae family), the others kept, decoded.")
+    _run_args(tv)
+    tv.add_argument("--image", type=int, metavar="I", help="start from image I's code (default: "
+                    "0, the prior mean; an ae needs an image)")
+    tv.add_argument("--split", choices=("test", "val"), default="test")
+    tv.add_argument("--dims", type=_positive_int, metavar="N", help="the first N dimensions, one "
+                    "row each (default: all, at most 10)")
+    tv.add_argument("--range", type=float, default=3.0, metavar="R", help="offsets from -R to +R "
+                    "added to the dimension (default 3)")
+    tv.add_argument("-n", type=_positive_int, default=9, metavar="STEPS", help="values per row "
+                    "(default 9)")
+    tv.add_argument("--label", type=int, help="cvae: the class to decode as (default: image I's, "
+                    "else 0)")
+    tv.add_argument("-o", "--output", default="traversal.png", help="PNG file "
+                    "(default traversal.png)")
+    tv.set_defaults(func=cmd_traverse)
+
+    lm = sub.add_parser("latent-map", help="2-D map of a split's codes coloured by class",
+                        description="Scatter the codes of a split's images coloured by class: the "
+                                    "codes themselves when they are 2-D, else their PCA and t-SNE "
+                                    "projections. A 2-D code also gets the decoded manifold: a grid "
+                                    "of codes (vae family: N(0, 1) quantiles 0.05..0.95; ae: the "
+                                    "range of the codes), decoded.")
+    _run_args(lm)
+    lm.add_argument("--split", choices=("test", "val"), default="test")
+    lm.add_argument("--method", choices=("auto", "pca", "tsne"), default="auto",
+                    help="auto (default): the codes when 2-D, else PCA and t-SNE side by side")
+    lm.add_argument("--n-images", type=_positive_int, default=2000, metavar="N",
+                    help="images spread through the split (default 2000)")
+    lm.add_argument("--seed", type=int, default=0, help="t-SNE's random state")
+    lm.add_argument("--manifold", metavar="PNG", help="2-D codes: where the decoded grid goes "
+                    "(default: OUTPUT with -manifold before .png)")
+    lm.add_argument("--grid", type=_positive_int, default=20, metavar="G",
+                    help="manifold: G x G codes (default 20)")
+    lm.add_argument("--label", type=int, help="cvae: the class the manifold is decoded as "
+                    "(default 0)")
+    lm.add_argument("-o", "--output", default="latent-map.png", help="PNG file "
+                    "(default latent-map.png)")
+    lm.set_defaults(func=cmd_latent_map)
 
     pr = sub.add_parser("probe", help="few-label accuracy of a classifier on the run's codes, "
                         "against the same classifier on pixels",
@@ -217,14 +289,20 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     if args.anomaly_class is not None:
-        if args.iw_samples or args.binarize != "none":
-            raise ConfigError("--anomaly-class reports only the AUROC; leave out --iw-samples "
-                              "and --binarize")
+        if args.iw_samples or args.binarize != "none" or args.fid:
+            raise ConfigError("--anomaly-class reports only the AUROC; leave out --iw-samples, "
+                              "--binarize and --fid")
         return cmd_eval_anomaly(args)
     from .evaluate import UNITS, binarize_fixed, evaluate, iw_nll, require_likelihood
+    if args.fid_samples and not args.fid:
+        raise ConfigError("--fid-samples sets the samples of --fid; add --fid")
     cfg, model, split = _load_for_eval(args)
     if args.iw_samples:
         require_likelihood(model)                # fail before the other metrics are computed
+    if args.fid:
+        from .sample_quality import check_sample_quality
+        check_sample_quality(model, split)
+    real_split = split                           # --fid compares samples with the real images
     if args.binarize == "fixed":
         split = binarize_fixed(split, args.seed)
     metrics = evaluate(model, split, args.batch_size, seed=args.seed)
@@ -234,6 +312,9 @@ def cmd_eval(args) -> int:
         metrics.update(iw_nll(model, split, args.iw_samples, args.batch_size, seed=args.seed,
                               progress=progress))
         settings["iw_samples"] = args.iw_samples
+    if args.fid:
+        metrics.update(_sample_quality(args, cfg, model, real_split))
+        settings["fid_samples"] = args.fid_samples or len(real_split)
     result = {"run": str(args.run), "model": cfg.model.name, "split": args.split,
               "dataset": cfg.data.data_dir or cfg.data.name, "n_images": len(split), **settings,
               **metrics, "units": {k: UNITS[k] for k in metrics if k in UNITS}}
@@ -247,6 +328,17 @@ def cmd_eval(args) -> int:
         for name, value in metrics.items():
             print(f"  {name:<10} {value:>12.6g}   {UNITS.get(name, '')}")
     return 0
+
+
+def _sample_quality(args, cfg, model, split) -> dict[str, float]:
+    """eval --fid: the cached classifier of the run's data (trained first if need be), then the
+    sample-quality figures against ``split``."""
+    from .sample_quality import classifier_for, sample_quality
+    clf = classifier_for(cfg.data, split.images.device,
+                         announce=lambda line: print(f"aelab: {line}", file=sys.stderr))
+    figures = sample_quality(model, clf.net, split, args.fid_samples, args.batch_size, args.seed)
+    return {"frechet_distance": figures.pop("frechet_distance"),
+            "classifier_accuracy": clf.test_accuracy, **figures}
 
 
 def cmd_sample(args) -> int:
@@ -297,6 +389,140 @@ def cmd_reconstruct(args) -> int:
     save_rows([noisy, x_hat, x], args.output)
     print(f"wrote {len(x)} noisy inputs ({args.noise}), reconstructions and clean targets to "
           f"{args.output}; recon_mse vs clean {mse:.6g} (noisy inputs {noisy_mse:.6g})")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    import torch
+    from . import pictures
+    from .viz import save_titled_grid
+    _check_output(args.output)
+    if args.n < 2:
+        raise ConfigError(f"-n {args.n}: the steps include both ends, so at least 2")
+    cfg, model, split = _load_for_eval(args)
+    pictures.check_continuous(model, "interpolate")
+    if args.slerp and not pictures.has_normal_prior(model):
+        raise ConfigError(f"--slerp keeps codes near the sphere where a Gaussian prior's codes "
+                          f"lie, and this {cfg.model.name} has no such prior; leave it out")
+    i = pictures.check_index(split, args.source, "--from", args.split)
+    j = pictures.check_index(split, args.target, "--to", args.split)
+    x = split.images[[i, j]].float().div(255).cpu()
+    y = None if split.labels is None else split.labels[[i, j]].cpu()
+    z = pictures.embed(model, x, y)
+    codes = (pictures.slerp if args.slerp else pictures.lerp)(z[0], z[1], args.n)
+    labels = pictures.condition(model, args.label, None if y is None else int(y[0]), args.n)
+    row = torch.cat([x[:1], pictures.decode(model, codes, labels), x[1:]])
+    path = "spherical path" if args.slerp else "straight line"
+    as_class = "" if labels is None else f", decoded as class {int(labels[0])}"
+    ticks = [f"image {i}", *(f"{t:.2f}" for t in torch.linspace(0, 1, args.n).tolist()), f"image {j}"]
+    save_titled_grid(row, args.output, f"Interpolation from image {i} to image {j} on a {path}"
+                     f"{as_class}\n{pictures.describe(args.run, cfg, args.split)}", len(row),
+                     xticks=ticks, xlabel=f"t: codes from z_{i} (t = 0) to z_{j} (t = 1); the "
+                     "original images at both ends")
+    print(f"wrote image {i}, {args.n} decoded codes on the {path} and image {j} to {args.output}")
+    return 0
+
+
+def cmd_traverse(args) -> int:
+    import math
+    import torch
+    from . import pictures
+    from .viz import save_titled_grid
+    _check_output(args.output)
+    if args.n < 2:
+        raise ConfigError(f"-n {args.n}: a row runs from -RANGE to +RANGE, so at least 2 values")
+    if not (math.isfinite(args.range) and args.range > 0):
+        raise ConfigError(f"--range must be a positive number, got {args.range}")
+    cfg, model, split = _load_for_eval(args)
+    pictures.check_continuous(model, "traverse")
+    d = cfg.model.latent_dim
+    n_dims = min(d, 10) if args.dims is None else args.dims
+    if n_dims > d:
+        raise ConfigError(f"--dims {n_dims}, but this {cfg.model.name}'s code has {d} dimensions")
+    image_label = None
+    if args.image is None:
+        if not pictures.has_normal_prior(model):
+            raise ConfigError(f"this {cfg.model.name} has no prior mean to start from; give --image I")
+        base, start = torch.zeros(d), "0, the prior mean"
+    else:
+        i = pictures.check_index(split, args.image, "--image", args.split)
+        x = split.images[[i]].float().div(255).cpu()
+        y = None if split.labels is None else split.labels[[i]].cpu()
+        base, start = pictures.embed(model, x, y)[0], f"the code of image {i}"
+        image_label = None if y is None else int(y[0])
+    values = torch.linspace(-args.range, args.range, args.n)
+    codes = pictures.traversal(base, list(range(n_dims)), values)
+    labels = pictures.condition(model, args.label, image_label, len(codes))
+    as_class = "" if labels is None else f", decoded as class {int(labels[0])}"
+    save_titled_grid(pictures.decode(model, codes, labels), args.output,
+                     f"Traversal of dimensions 0..{n_dims - 1} around {start}{as_class}\n"
+                     f"{pictures.describe(args.run, cfg, args.split)}", args.n,
+                     xticks=[f"{v:+.3g}" for v in values.tolist()],
+                     xlabel="offset added to the row's dimension (the others stay fixed)",
+                     yticks=[f"z[{k}]" for k in range(n_dims)], ylabel="latent dimension")
+    print(f"wrote {n_dims} dimensions x {args.n} values around {start} to {args.output}")
+    return 0
+
+
+def cmd_latent_map(args) -> int:
+    from . import pictures
+    from .viz import save_latent_map, save_titled_grid
+    _check_output(args.output)
+    out = Path(args.output)
+    manifold = args.manifold or str(out.with_name(f"{out.stem}-manifold.png"))
+    _check_output(manifold)
+    if Path(manifold).resolve() == out.resolve():
+        raise ConfigError(f"--manifold and --output are the same file: {args.output}")
+    cfg, model, split = _load_for_eval(args)
+    x, y = split.spread(args.n_images).cpu(), split.spread_labels(args.n_images)
+    if len(x) < 3:
+        raise ConfigError(f"a map needs at least 3 images, got {len(x)} of the {args.split} split")
+    codes = pictures.embed(model, x, y, args.batch_size)
+    dim = codes.shape[1]
+    if dim < 2:
+        raise ConfigError(f"a 2-D map needs codes of at least 2 dimensions; this "
+                          f"{cfg.model.name}'s have {dim}")
+    if bool((codes == codes[0]).all()):          # e.g. a collapsed vqvae codebook
+        raise ConfigError(f"the {len(x)} codes are all the same point: there is nothing to map")
+    decodes = dim == 2 and model.continuous_code
+    if (args.manifold or args.label is not None) and dim != 2:
+        raise ConfigError(f"--manifold and --label are for the decoded grid of a 2-D code; this "
+                          f"{cfg.model.name}'s code has {dim} dimensions")
+    if args.manifold:
+        pictures.check_continuous(model, "the manifold")
+    grid_labels = pictures.condition(model, args.label, 0, args.grid ** 2)
+    method = args.method if args.method != "auto" else ("codes" if dim == 2 else "both")
+    points, panels = codes.numpy(), []
+    if method == "codes":
+        panels.append((points, "the codes", "z[0]", "z[1]"))
+    if method in ("pca", "both"):
+        projected, share = pictures.pca_2d(points)
+        panels.append((projected, "PCA of the codes", f"PC 1 ({share[0]:.0%} of the variance)",
+                       f"PC 2 ({share[1]:.0%} of the variance)"))
+    if method in ("tsne", "both"):
+        panels.append((pictures.tsne_2d(points, args.seed), "t-SNE of the codes", "t-SNE 1",
+                       "t-SNE 2"))
+    labels = None if y is None else y.cpu().numpy()
+    coloured = "coloured by class" if labels is not None else "no labels"
+    about = pictures.describe(args.run, cfg, args.split)
+    save_latent_map(panels, labels, args.output, f"Codes of {len(x)} images ({dim}-D), "
+                    f"{coloured}\n{about}")
+    print(f"wrote the map of {len(x)} {args.split} codes ({', '.join(p[1] for p in panels)}) to "
+          f"{args.output}")
+    if not decodes:
+        return 0
+    if pictures.has_normal_prior(model):
+        xs = ys = pictures.prior_quantiles(args.grid)
+        how = "z at the N(0, 1) quantiles 0.05..0.95"
+    else:
+        xs, ys = pictures.code_range(codes, args.grid)
+        how = "z over the range of the codes"
+    as_class = "" if grid_labels is None else f", class {int(grid_labels[0])}"
+    save_titled_grid(pictures.decode(model, pictures.manifold(xs, ys), grid_labels), manifold,
+                     f"Decoded manifold, {args.grid} x {args.grid} codes: {how}{as_class}\n{about}",
+                     args.grid, xticks=[f"{v:.2g}" for v in xs.tolist()], xlabel="z[0]",
+                     yticks=[f"{v:.2g}" for v in ys.flip(0).tolist()], ylabel="z[1]", scale=1)
+    print(f"wrote the decoded {args.grid} x {args.grid} manifold to {manifold}")
     return 0
 
 
@@ -452,6 +678,7 @@ def _load_for_eval(args):
         cfg.data.name, cfg.data.data_dir, cfg.data.fallback = args.dataset, None, False
     # on other data the run's exclude_class (which described its training data) does not apply
     data = replace(cfg.data, exclude_class=None) if args.data_dir or args.dataset else cfg.data
+    data = replace(data, labels=None)            # hidden training labels: val and test keep theirs
     splits = load_splits(data, cfg.train.seed, device)
     split = getattr(splits, args.split)
     if len(split) == 0:
