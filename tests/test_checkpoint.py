@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import aelab.train
 from aelab import runs
-from aelab.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from aelab.checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_states, save_checkpoint
 from aelab.cli import main
 from aelab.config import resolve_config
 from aelab.errors import RunError
@@ -39,6 +39,22 @@ def assert_same_weights(a, b):
     assert wa.keys() == wb.keys()
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
+
+
+def test_each_rank_restores_its_own_rng_states(tmp_path):
+    cfg = resolve_config(overrides={"model.hidden_dims": "8", "model.latent_dim": 2})
+    cfg.model.input_shape = (1, 4, 4)
+    model = build_model(cfg.model)
+    opt = make_optimizer(model, 1e-3)
+    states, expected = [], []
+    for seed in (1, 2):          # what two processes would hold, and what each draws next
+        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+        states.append(rng_states())
+        expected.append((torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()))
+    save_checkpoint(tmp_path, model, opt, epoch=1, step=10, ranks_rng=states)
+    for rank, want in [(0, expected[0]), (1, expected[1]), (2, expected[0])]:   # 2: none saved
+        load_checkpoint(tmp_path, build_model(cfg.model), make_optimizer(model, 1e-3), rank=rank)
+        assert (torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()) == want, rank
 
 
 def test_checkpoint_round_trip_restores_model_optimizer_and_every_rng(tmp_path):

@@ -62,6 +62,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def gather_objects(obj) -> list:
+    """``obj`` of every process in rank order, on every process; [obj] in a single process.
+    (torch pickles them between this run's own processes; nothing a user hands in.)"""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

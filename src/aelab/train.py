@@ -18,7 +18,7 @@ from . import __version__
 from .config import RunConfig
 from .data import Batches, Split, check_labels, load_splits
 from . import distributed
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, rng_states, save_checkpoint
 from .errors import AelabError, ConfigError, DataError
 from .evaluate import evaluate, mean_loss
 from .models import Autoencoder, build_model, model_class
@@ -172,7 +172,7 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
     main = ranks.is_main                       # only rank 0 prints and writes
     if resume:
         run_dir = Path(resume)
-        state = load_checkpoint(run_dir, model, opt)
+        state = load_checkpoint(run_dir, model, opt, rank=ranks.rank)
         done, history = state["epoch"], state["history"]   # a cut-short epoch is done again
         info["created"] = read_run_info(run_dir).get("created", info["created"])
         log.info("resuming %s after epoch %d of %d", run_dir, done, cfg.train.epochs)
@@ -219,8 +219,9 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
         record.update(model.epoch_stats())
         record["train_seconds"] = round(seconds, 4)
         history.append(record)
+        ranks_rng = distributed.gather_objects(rng_states())   # every process's noise, for resume
         if main:   # the checkpoint first: it holds the history that metrics.jsonl shows
-            save_checkpoint(run_dir, model, opt, epoch, epoch * len(batches), history)
+            save_checkpoint(run_dir, model, opt, epoch, epoch * len(batches), history, ranks_rng)
             write_metrics(run_dir, history)
             save_model(run_dir, model)
         log.info(_epoch_line(record, cfg.train.epochs))
