@@ -222,6 +222,26 @@ def test_eval_anomaly_class_matches_the_scores_of_aelab_anomaly(anomaly_run, tmp
     assert result["auroc"] == pytest.approx(expected, abs=1e-12)
 
 
+def test_eval_anomaly_class_with_the_elbo_score_matches_aelab_anomaly(anomaly_run, tmp_path, capsys):
+    roc_auc_score = pytest.importorskip("sklearn.metrics").roc_auc_score
+    assert main(["eval", anomaly_run, "--anomaly-class", "1", "--score", "elbo", "--json"]) == 0
+    main(["anomaly", anomaly_run, "--score", "elbo", "-o", str(tmp_path / "s.csv"),
+          "--png", str(tmp_path / "t.png")])
+    out = capsys.readouterr().out.splitlines()
+    result = json.loads(out[0])
+    assert result["score"] == "elbo" and "ELBO" in result["units"]["score"].upper()
+    rows = list(csv.DictReader(open(tmp_path / "s.csv")))
+    expected = roc_auc_score([r["label"] == "1" for r in rows], [float(r["score"]) for r in rows])
+    assert result["auroc"] == pytest.approx(expected, abs=1e-12)
+    recon = json.loads(quiet_main(["eval", anomaly_run, "--anomaly-class", "1", "--json"])[1])
+    assert recon["auroc"] != result["auroc"]          # another score, another ranking
+
+
+def test_score_without_anomaly_class_is_an_error(anomaly_run, capsys):
+    assert main(["eval", anomaly_run, "--score", "elbo"]) == 2
+    assert "--anomaly-class" in only_error_line(capsys.readouterr().err)
+
+
 def test_eval_anomaly_class_other_than_the_excluded_one_warns(anomaly_run, capsys):
     assert main(["eval", anomaly_run, "--anomaly-class", "7"]) == 0
     out, err = capsys.readouterr()

@@ -109,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--binarize", choices=("none", "fixed"), default="none", help="fixed: "
                    "evaluate on one Bernoulli draw of every pixel seeded by --seed, the same "
                    "binary images for every model (binarised-MNIST figures); default none")
-    e.add_argument("--anomaly-class", type=int, metavar="C", help="AUROC of class C vs the rest by recon score")
+    e.add_argument("--anomaly-class", type=int, metavar="C", help="AUROC of class C vs the rest "
+                   "by the --score of each image")
+    e.add_argument("--score", choices=("recon", "elbo"), help="with --anomaly-class: recon "
+                   "(reconstruction error, the default) or elbo (-ELBO, vae family)")
     e.add_argument("--fid", action="store_true", help="also sample quality (families that "
                    "sample; labelled data): frechet_distance of samples to the split's images in "
                    "the features of a classifier trained once per dataset and cached, its "
@@ -293,6 +296,8 @@ def cmd_eval(args) -> int:
             raise ConfigError("--anomaly-class reports only the AUROC; leave out --iw-samples, "
                               "--binarize and --fid")
         return cmd_eval_anomaly(args)
+    if args.score:
+        raise ConfigError("--score chooses the anomaly score of --anomaly-class; add --anomaly-class")
     from .evaluate import UNITS, binarize_fixed, evaluate, iw_nll, require_likelihood
     if args.fid_samples and not args.fid:
         raise ConfigError("--fid-samples sets the samples of --fid; add --fid")
@@ -610,7 +615,7 @@ def cmd_anomaly(args) -> int:
 
 
 def cmd_eval_anomaly(args) -> int:
-    """``eval --anomaly-class C``: AUROC of the recon score for class C against the other classes."""
+    """``eval --anomaly-class C``: AUROC of the score (--score) for class C against the others."""
     from .anomaly import SCORE_UNITS, anomaly_scores, auroc
     from .errors import DataError
     c = args.anomaly_class
@@ -625,19 +630,20 @@ def cmd_eval_anomaly(args) -> int:
         trained = "on every class" if excluded is None else f"without class {excluded}"
         print(f"aelab: warning: --anomaly-class {c}, but this run was trained {trained}",
               file=sys.stderr)
-    scores = anomaly_scores(model, split, "recon", args.batch_size, seed=args.seed)
+    score = args.score or "recon"
+    scores = anomaly_scores(model, split, score, args.batch_size, seed=args.seed)
     result = {"run": str(args.run), "model": cfg.model.name, "split": args.split,
               "dataset": cfg.data.data_dir or cfg.data.name, "n_images": len(split),
-              "anomaly_class": c, "n_anomalies": int(positives.sum()), "score": "recon",
+              "anomaly_class": c, "n_anomalies": int(positives.sum()), "score": score,
               "auroc": auroc(scores.numpy(), positives),
               "units": {"auroc": "area under the ROC curve, 0 to 1 (0.5: chance), of the score "
                                  f"for class {c} against the rest",
-                        "score": SCORE_UNITS["recon"]}}
+                        "score": SCORE_UNITS[score]}}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{cfg.model.name} run {args.run}, {args.split} split of {result['dataset']}: class "
-              f"{c} ({result['n_anomalies']} of {len(split)} images) against the rest, recon score")
+              f"{c} ({result['n_anomalies']} of {len(split)} images) against the rest, {score} score")
         print(f"  auroc {result['auroc']:.4f}   {result['units']['auroc']}")
     return 0
 
