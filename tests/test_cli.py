@@ -269,3 +269,19 @@ def test_python_m_aelab_help_and_version():
         assert command in help_.stdout
     version = subprocess.run([sys.executable, "-m", "aelab", "--version"], capture_output=True, text=True)
     assert (version.returncode, version.stdout.strip()) == (0, f"aelab {aelab.__version__}")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`aelab presets | head -1`: the pipe closes under aelab; it stops quietly, status 141."""
+    import os
+    import subprocess
+    import sys
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "aelab", "presets"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == ""

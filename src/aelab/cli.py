@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aelab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `aelab presets | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so that Python's exit flush cannot fail again
+        return 141
 
 
 class _Parser(argparse.ArgumentParser):
