@@ -274,8 +274,6 @@ def test_python_m_aelab_help_and_version():
 def test_a_reader_that_leaves_early_gets_no_traceback():
     """`aelab presets | head -1`: the pipe closes under aelab; it stops quietly, status 141."""
     import os
-    import subprocess
-    import sys
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
