@@ -255,3 +255,45 @@ def test_flush_denormal_restores_the_state_after_an_error():
     with pytest.raises(ZeroDivisionError), flush_denormal():
         1 / 0
     assert not _flushing()
+
+
+# ---------------------------------------------------------------- precision and compile
+
+
+def test_bf16_trains_the_forward_in_bf16_and_keeps_fp32_weights(tmp_path, mnist_dir, vae_run,
+                                                                 monkeypatch):
+    seen = []
+    real_linear = torch.nn.functional.linear
+
+    def spy(x, weight, bias=None):
+        out = real_linear(x, weight, bias)
+        seen.append(out.dtype)
+        return out
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    run = train(tiny_config(mnist_dir, **{"train.precision": "bf16", "train.epochs": 1}),
+                out=str(tmp_path / "bf16"))
+    assert torch.bfloat16 in seen and torch.float32 in seen   # training in bf16, evaluation fp32
+    fp32 = weights(vae_run.run_dir)
+    bf16 = weights(run.run_dir)
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+    assert not torch.equal(bf16["encoder.head.0.weight"], fp32["encoder.head.0.weight"])
+    assert run.test_metrics["elbo"] == pytest.approx(vae_run.test_metrics["elbo"], rel=0.1)
+
+
+def test_unknown_precision_is_a_config_error(mnist_dir):
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        tiny_config(mnist_dir, **{"train.precision": "fp16"})
+
+
+def test_compile_trains_through_torch_compile(tmp_path, mnist_dir, vae_run, monkeypatch):
+    calls = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kwargs):      # dynamo traces the model; no C++ build in the tests
+        calls.append(model)
+        return real_compile(model, backend="eager")
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    run = train(tiny_config(mnist_dir, **{"train.compile": True}), out=str(tmp_path / "compiled"))
+    assert len(calls) == 1
+    compiled, plain = weights(run.run_dir), weights(vae_run.run_dir)
+    assert all(torch.allclose(compiled[k], plain[k], atol=1e-5) for k in plain)

@@ -22,6 +22,7 @@ TRAIN_FLAGS = {
     "sparsity": "model.sparsity", "noise": "model.noise", "contractive": "model.contractive",
     "kl_warmup": "model.kl_warmup", "k": "model.k", "grad_clip": "train.grad_clip",
     "exclude_class": "data.exclude_class", "labels": "data.labels",
+    "precision": "train.precision",
 }
 
 
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value by dotted path, e.g. data.val_fraction=0.2 (repeatable)")
     t.add_argument("--grad-clip", help="clip the gradients' global norm (default 0: off)")
+    t.add_argument("--precision", help="fp32 (default) | bf16: the training forward under bf16 "
+                   "autocast; weights, Adam and evaluation stay fp32 (pays on GPUs with bf16)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the training forward "
+                   "(compiles in the first steps; pays on GPUs, not on small CPU models)")
     t.add_argument("--out", help="run folder (default runs/<preset-or-model>-<time>)")
     t.add_argument("--resume", metavar="RUN", help="continue a stopped run from its last "
                    "checkpoint, with its config (only --epochs may be changed)")
@@ -273,6 +278,8 @@ def cmd_train(args) -> int:
         overrides.update({"data.fallback": False, "data.data_dir": None})
     if args.binarize:
         overrides["data.binarize"] = True
+    if args.compile:
+        overrides["train.compile"] = True
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -17,6 +17,7 @@ from .models import ModelConfig, model_config_class, model_config_from_dict
 from .typed import suggest, typed_kwargs
 
 DEFAULT_PRESET = "vae-mnist"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -50,6 +51,9 @@ class TrainConfig:
     weight_decay: float = 0.0      # Adam's L2 penalty on all weights
     grad_clip: float = 0.0         # clip the gradients' global norm to this; 0 disables
     seed: int = 0
+    precision: str = "fp32"        # fp32 | bf16: the training forward under bf16 autocast
+                                   # (weights, Adam and evaluation stay fp32)
+    compile: bool = False          # torch.compile the training forward (pays off on GPUs)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -62,6 +66,8 @@ class TrainConfig:
             raise ConfigError(f"grad_clip must be non-negative, got {self.grad_clip}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight decay must be non-negative, got {self.weight_decay}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if not 0 <= self.seed < 2**32:   # numpy's data split and the shuffle seeds need this range
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
 

@@ -88,8 +88,12 @@ class Diverged(AelabError):
 
 
 def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Batches,
-                    progress: bool = False, desc: str = "", grad_clip: float = 0.0) -> dict[str, float]:
+                    progress: bool = False, desc: str = "", grad_clip: float = 0.0,
+                    precision: str = "fp32") -> dict[str, float]:
     """One pass over the batches; returns the per-image mean of the loss and its parts.
+
+    ``precision`` bf16 runs the forward pass under bf16 autocast (the products in bf16, the loss
+    and the weights' gradients in fp32, as autocast chooses per operation).
 
     Sums stay on the device. The loss is checked for NaN/Inf every step on the CPU (free there)
     and every 50 steps on an accelerator, so that no step waits for the host; a non-finite loss
@@ -99,8 +103,10 @@ def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Bat
     check_every = 1 if next(model.parameters()).device.type == "cpu" else 50
     names, total, n = None, None, 0
     bar = _progress_bar(len(batches), desc) if progress else None
+    device_type = next(model.parameters()).device.type
     for step, (x, y) in enumerate(batches, start=1):
-        out = model(x, y)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(x, y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         if grad_clip > 0:
@@ -197,6 +203,8 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
     net = model
     if ranks.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
     progress = (sys.stderr.isatty() if progress is None else progress) and main
     for epoch in range(done + 1, cfg.train.epochs + 1):
         batches.set_epoch(epoch)
@@ -204,7 +212,8 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
         start = time.perf_counter()
         try:
             train_means = train_one_epoch(net, opt, batches, progress,
-                                          f"epoch {epoch}/{cfg.train.epochs}", cfg.train.grad_clip)
+                                          f"epoch {epoch}/{cfg.train.epochs}", cfg.train.grad_clip,
+                                          cfg.train.precision)
         except Diverged as e:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint yet"
             raise Diverged(f"training stopped in epoch {epoch}: {e}; {kept} in {run_dir}; "
