@@ -341,8 +341,9 @@ def cmd_eval(args) -> int:
         samples = f", {args.iw_samples} importance samples" if args.iw_samples else ""
         print(f"{cfg.model.name} run {args.run}, {args.split} split of {result['dataset']} "
               f"({len(split)} images){binarized}{samples}")
+        width = max(map(len, metrics), default=0)
         for name, value in metrics.items():
-            print(f"  {name:<10} {value:>12.6g}   {UNITS.get(name, '')}")
+            print(f"  {name:<{width}} {value:>12.6g}   {UNITS.get(name, '')}")
     return 0
 
 

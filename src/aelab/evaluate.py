@@ -28,7 +28,7 @@ IW_CHUNK_FLOATS = 2 ** 24     # default chunk: about this many floats per (chunk
 UNITS = {
     "recon_mse": "mean squared error per pixel, intensities in [0, 1], reconstruction from the code mean",
     "recon_bce": "binary cross-entropy in nats per image, reconstruction from the code mean",
-    "kl": "KL(q(z|x) || N(0, I)) in nats per image",
+    "kl": "KL(q(z|x) || p(z)) in nats per image; p(z) = N(0, I), or p(z|y) for a cvae with a learned prior",
     "elbo": "evidence lower bound in nats per image (higher is better), z drawn from q(z|x)",
     "class_error": "fraction of images whose most likely class under the model's classifier "
                    "q(y|x) is not their label (0 to 1; m2)",
