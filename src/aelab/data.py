@@ -127,17 +127,20 @@ def load_splits(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") 
     if cfg.labels is not None:
         train_labels, labelled = _hide_labels(raw.train_labels, train_idx, cfg.labels, seed)
 
-    def split(images, labels, idx=None) -> Split:
-        if idx is not None:
-            images, labels = images[idx], None if labels is None else labels[idx]
-        y = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels)).to(device)
-        return Split(torch.from_numpy(np.ascontiguousarray(images)).to(device), y)
+    def part(labels, idx) -> Split:
+        return as_split(raw.train_images[idx], None if labels is None else labels[idx], device)
 
-    return Splits(train=split(raw.train_images, train_labels, train_idx),
-                  val=split(raw.train_images, raw.train_labels, val_idx),
-                  test=split(raw.test_images, raw.test_labels),
+    return Splits(train=part(train_labels, train_idx), val=part(raw.train_labels, val_idx),
+                  test=as_split(raw.test_images, raw.test_labels, device),
                   name=raw.name, source=raw.source, excluded_class=cfg.exclude_class,
                   labelled=labelled)
+
+
+def as_split(images: np.ndarray, labels: np.ndarray | None, device: torch.device | str = "cpu"
+             ) -> Split:
+    """A Split on ``device`` from arrays: uint8 images (N, C, H, W), int64 labels (N,) or None."""
+    y = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+    return Split(torch.from_numpy(np.ascontiguousarray(images)).to(device), y)
 
 
 def _hide_labels(labels: np.ndarray | None, train_idx: np.ndarray, n: int, seed: int

@@ -235,15 +235,10 @@ def classifier_for(data, device: str | torch.device = "cpu",
     """The cached classifier of a run's data (a DataConfig: ``cfg.data``), trained if needed on all
     of the dataset's training images (every class, whatever ``exclude_class`` says)."""
     from dataclasses import replace
-    from .data import load_raw_for
+    from .data import as_split, load_raw_for
     raw = load_raw_for(replace(data, exclude_class=None))
-
-    def split(images, labels) -> Split:
-        y = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels)).long().to(device)
-        return Split(torch.from_numpy(np.ascontiguousarray(images)).to(device), y)
-
-    return load_or_train(split(raw.train_images, raw.train_labels),
-                         split(raw.test_images, raw.test_labels), announce=announce,
+    return load_or_train(as_split(raw.train_images, raw.train_labels, device),
+                         as_split(raw.test_images, raw.test_labels, device), announce=announce,
                          name=data.data_dir or raw.name)
 
 
