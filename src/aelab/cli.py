@@ -423,8 +423,7 @@ def cmd_interpolate(args) -> int:
                           f"lie, and this {cfg.model.name} has no such prior; leave it out")
     i = pictures.check_index(split, args.source, "--from", args.split)
     j = pictures.check_index(split, args.target, "--to", args.split)
-    x = split.images[[i, j]].float().div(255).cpu()
-    y = None if split.labels is None else split.labels[[i, j]].cpu()
+    x, y = pictures.images_at(split, [i, j])
     z = pictures.embed(model, x, y)
     codes = (pictures.slerp if args.slerp else pictures.lerp)(z[0], z[1], args.n)
     labels = pictures.condition(model, args.label, None if y is None else int(y[0]), args.n)
@@ -463,8 +462,7 @@ def cmd_traverse(args) -> int:
         base, start = torch.zeros(d), "0, the prior mean"
     else:
         i = pictures.check_index(split, args.image, "--image", args.split)
-        x = split.images[[i]].float().div(255).cpu()
-        y = None if split.labels is None else split.labels[[i]].cpu()
+        x, y = pictures.images_at(split, [i])
         base, start = pictures.embed(model, x, y)[0], f"the code of image {i}"
         image_label = None if y is None else int(y[0])
     values = torch.linspace(-args.range, args.range, args.n)

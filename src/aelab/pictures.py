@@ -55,6 +55,12 @@ def check_index(split, index: int, flag: str, split_name: str) -> int:
     return index
 
 
+def images_at(split, indices: list[int]) -> tuple[Tensor, Tensor | None]:
+    """The split's images at ``indices`` as floats in [0, 1] and their labels (or None), on the CPU."""
+    x = split.images[indices].float().div(255).cpu()
+    return x, None if split.labels is None else split.labels[indices].cpu()
+
+
 @torch.no_grad()
 def embed(model, images: Tensor, labels: Tensor | None = None, batch_size: int = 1000) -> Tensor:
     """Codes of images (N, C, H, W) in [0, 1], in batches: (N, D) on the CPU."""
