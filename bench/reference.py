@@ -83,8 +83,9 @@ class ReferenceAE(nn.Module):
         return self.decoder(self.encoder(x.view(-1, 784)))
 
 
-def make_reference(preset: str, images: np.ndarray, seed: int = 0):
-    """(model, optimizer, loader, step) for 'vae-mnist' or 'seed-ae'; step(x) trains one batch."""
+def make_reference(preset: str, images: np.ndarray, seed: int = 0, device: str = "cpu"):
+    """(model, optimizer, loader, step) for 'vae-mnist' or 'seed-ae'; step(x) trains one batch.
+    On another ``device`` the model lives there and each batch is moved there in the step."""
     torch.manual_seed(seed)
     if preset == "vae-mnist":
         model, batch_size = ReferenceVAE(), 128
@@ -92,11 +93,13 @@ def make_reference(preset: str, images: np.ndarray, seed: int = 0):
         model, batch_size = ReferenceAE(), 64
     else:
         raise ValueError(f"no reference recipe for {preset!r}")
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(ImageDataset(images), batch_size=batch_size, shuffle=True)
     mse = nn.MSELoss()
 
     def step(x):
+        x = x.to(device)
         opt.zero_grad()
         if preset == "vae-mnist":
             recon, mu, logvar = model(x)
