@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="decode images drawn from a VAE's prior")
     s.add_argument("run", help="run folder")
     s.add_argument("-n", type=_positive_int, default=64, help="number of images (default 64)")
-    s.add_argument("-o", "--output", default="samples.png", help="PNG file (default samples.png)")
+    s.add_argument("-o", "--output", default="samples.png", help="PNG grid (default samples.png), "
+                   "or .npy / .npz: the images themselves, float32 (N, C, H, W) in [0, 1]")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label", type=int, help="class to draw (label-conditional models: cvae)")
     s.add_argument("--device", default="auto")
@@ -253,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="seed of the z draws in the ELBO")
     a.set_defaults(func=cmd_anomaly)
 
+    c = sub.add_parser("encode", help="the code of every image of a split, as .npz, .npy or .csv",
+                       description="Encode every image of a split (default: the run's test split) "
+                                   "with the trained encoder: the code (ae), posterior mean (vae "
+                                   "family) or quantised vectors (vqvae), for use elsewhere.")
+    _run_args(c)
+    c.add_argument("--split", choices=("test", "val", "train"), default="test")
+    c.add_argument("-o", "--output", default="codes.npz", help=".npz (arrays codes, index, labels "
+                   "if known), .npy (codes only) or .csv (index,label,z0,z1,...); default codes.npz")
+    c.set_defaults(func=cmd_encode)
+
     sub.add_parser("presets", help="the presets and what they set").set_defaults(func=cmd_presets)
     sub.add_parser("models", help="the model families").set_defaults(func=cmd_models)
     return p
@@ -363,6 +374,7 @@ def _sample_quality(args, cfg, model, split) -> dict[str, float]:
 
 def cmd_sample(args) -> int:
     import torch
+    from .export import IMAGE_FORMATS, check_suffix, write_images
     from .runs import load_run
     from .train import resolve_device
     from .viz import save_grid
@@ -380,8 +392,10 @@ def cmd_sample(args) -> int:
                               f"0..{cfg.model.n_classes - 1}")
         labels = torch.full((args.n,), args.label, dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
-    _check_output(args.output)
-    save_grid(model.sample(args.n, generator=gen, labels=labels), args.output)
+    if check_suffix(args.output, IMAGE_FORMATS) == ".png":
+        save_grid(model.sample(args.n, generator=gen, labels=labels), args.output)
+    else:
+        write_images(args.output, model.sample(args.n, generator=gen, labels=labels), labels)
     which = f" of class {args.label}" if labels is not None else ""
     print(f"wrote {args.n} samples{which} to {args.output}")
     return 0
@@ -626,6 +640,23 @@ def cmd_anomaly(args) -> int:
     print(f"{len(scores)} images of the {args.split} split, score {args.score}: mean "
           f"{scores.mean():.6g}, max {scores.max():.6g} (image {int(top[0])}); wrote {args.output} "
           f"and the top {len(top)} to {args.png}")
+    return 0
+
+
+def cmd_encode(args) -> int:
+    import torch
+    from .data import Batches
+    from .export import CODE_FORMATS, check_suffix, write_codes
+    check_suffix(args.output, CODE_FORMATS)      # a bad name fails before any loading
+    _, model, split = _load_for_eval(args)
+    model.eval()
+    with torch.no_grad():
+        codes = [model.embed(x, y if model.needs_labels else None).float().cpu()
+                 for x, y in Batches(split, args.batch_size)]
+    codes = torch.cat(codes)
+    write_codes(args.output, codes, split.labels)
+    print(f"wrote the {codes.shape[1]}-number codes of the {len(codes)} images of the {args.split} "
+          f"split to {args.output}")
     return 0
 
 
