@@ -264,8 +264,8 @@ def test_python_m_aelab_help_and_version():
     help_ = subprocess.run([sys.executable, "-m", "aelab", "--help"], capture_output=True, text=True)
     assert help_.returncode == 0
     assert help_.stdout.startswith("usage: aelab")
-    for command in ("train", "eval", "sample", "reconstruct", "encode", "probe", "anomaly", "datasets", "presets",
-                    "models"):
+    for command in ("train", "eval", "sample", "reconstruct", "encode", "probe", "anomaly", "datasets",
+                    "presets", "models"):
         assert command in help_.stdout
     version = subprocess.run([sys.executable, "-m", "aelab", "--version"], capture_output=True, text=True)
     assert (version.returncode, version.stdout.strip()) == (0, f"aelab {aelab.__version__}")
