@@ -2,6 +2,7 @@
 samples, and reconstructions with the given (or the most likely) label."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -213,3 +214,134 @@ def test_the_learned_prior_gets_gradients_and_is_saved(tiny_images):
     model(tiny_images, LABELS).loss.backward()
     assert model.prior_mu.grad[LABELS.unique()].abs().sum() > 0
     assert "prior_mu" in model.state_dict() and "prior_logvar" in model.state_dict()
+
+
+# ---------------------------------------------------------------- the ex-post prior
+
+
+def fitted_cvae(components=1, **options):
+    """A cvae whose ex-post mixtures are fitted on codes placed by hand: class c's codes (2-d)
+    spread around (4c, -2c), 300 per class, drawn with a fixed seed."""
+    model = tiny_cvae(ex_post_components=components, **options)
+    gen = torch.Generator().manual_seed(5)
+    labels = torch.arange(3).repeat_interleave(300)
+    codes = torch.randn(900, 2, generator=gen, dtype=torch.float64) @ torch.tensor(
+        [[1.0, 0.5], [0.0, 0.3]], dtype=torch.float64) + torch.stack([4.0 * labels, -2.0 * labels], 1)
+    model.fit_ex_post(codes, labels)
+    return model, codes, labels
+
+
+@pytest.mark.parametrize("bad, message", [(-1, "must be a number of mixture components, 0 .off. or "
+                                                  "more, got -1"), (1.5, "cannot read 1.5 as int"),
+                                          ("ten", "cannot read 'ten' as int"), (True, "")])
+def test_ex_post_components_must_be_a_whole_number_from_0(bad, message):
+    with pytest.raises(ConfigError, match="ex_post_components" + (f".*{message}" if message else "")):
+        tiny_cvae(ex_post_components=bad)
+
+
+def test_by_default_there_is_no_ex_post_prior_and_nothing_more_is_saved():
+    model = tiny_cvae()
+    assert model.cfg.ex_post_components == 0
+    assert not any(k.startswith("ex_post") for k in model.state_dict())
+    gen = lambda: torch.Generator().manual_seed(0)     # noqa: E731
+    model.after_training([(torch.rand(4, 1, 8, 8), LABELS)])          # nothing to fit
+    torch.testing.assert_close(model.draw_prior(4, gen(), LABELS), torch.randn(4, 2, generator=gen()))
+
+
+def test_one_component_is_the_mean_and_covariance_of_each_classes_codes():
+    model, codes, labels = fitted_cvae(components=1)
+    assert model.ex_post_fitted.all()
+    for c in range(3):
+        zc = codes[labels == c].numpy()
+        chol = model.ex_post_chol[c, 0].double()
+        np.testing.assert_allclose(model.ex_post_means[c, 0].numpy(), zc.mean(0), rtol=1e-5, atol=1e-5)
+        # scikit-learn's maximum-likelihood covariance (divided by N) plus its 1e-6 on the diagonal
+        np.testing.assert_allclose((chol @ chol.T).numpy(), np.cov(zc.T, bias=True) + 1e-6 * np.eye(2),
+                                   rtol=1e-5, atol=1e-6)
+        assert model.ex_post_weights[c, 0] == 1
+
+
+def test_samples_of_a_class_come_from_its_fitted_mixture():
+    model, codes, labels = fitted_cvae(components=1)
+    draw = torch.tensor([0, 1, 2]).repeat_interleave(4000)
+    z = model.draw_prior(len(draw), torch.Generator().manual_seed(0), draw).double()
+    for c in range(3):
+        torch.testing.assert_close(z[draw == c].mean(0), codes[labels == c].mean(0), atol=0.05, rtol=0)
+        torch.testing.assert_close(torch.cov(z[draw == c].T), torch.cov(codes[labels == c].T),
+                                   atol=0.05, rtol=0)
+    # the images are decoded from those codes; the loss and bounds keep the training prior
+    gen = lambda: torch.Generator().manual_seed(1)     # noqa: E731
+    with torch.no_grad():
+        expected = torch.sigmoid(model.decode(model.draw_prior(3, gen(), torch.arange(3)), torch.arange(3)))
+    torch.testing.assert_close(model.sample(3, generator=gen()), expected)
+    mu, logvar = torch.zeros(2, 2), torch.zeros(2, 2)
+    torch.testing.assert_close(model.kl(mu, logvar, torch.tensor([0, 2])), kl_std_normal(mu, logvar))
+
+
+def test_a_mixture_draws_its_components_by_weight():
+    model = tiny_cvae(ex_post_components=2)
+    with torch.no_grad():
+        model.ex_post_fitted[:] = True
+        model.ex_post_weights[1] = torch.tensor([0.25, 0.75])
+        model.ex_post_means[1] = torch.tensor([[-10.0, 0.0], [10.0, 0.0]])
+        model.ex_post_chol[1] = 0.1 * torch.eye(2)
+    z = model.draw_prior(8000, torch.Generator().manual_seed(0), torch.ones(8000, dtype=torch.long))
+    assert abs((z[:, 0] > 0).float().mean().item() - 0.75) < 0.02
+    assert z[:, 1].std().item() == pytest.approx(0.1, rel=0.05)
+
+
+def test_classes_without_enough_codes_and_unfitted_models_draw_from_the_training_prior(caplog):
+    model = tiny_cvae(ex_post_components=4, prior="learned")
+    gen = lambda: torch.Generator().manual_seed(0)     # noqa: E731
+    labels = torch.tensor([0, 1, 2, 0])
+    before = model.draw_prior(4, gen(), labels)
+    with torch.no_grad():
+        eps = torch.randn(4, 2, generator=gen())
+        expected = model.prior_mu[labels] + torch.exp(0.5 * model.prior_logvar[labels]) * eps
+    torch.testing.assert_close(before, expected)                   # nothing fitted yet
+    codes = torch.randn(23, 2, dtype=torch.float64)
+    model.fit_ex_post(codes, torch.tensor([0] * 10 + [1] * 10 + [2] * 3))   # class 2: 3 codes < 4
+    assert model.ex_post_fitted.tolist() == [True, True, False] and "class 2 has 3" in caplog.text
+    z = model.draw_prior(4, gen(), labels)
+    assert not torch.allclose(z[[0, 1, 3]], before[[0, 1, 3]])
+    torch.testing.assert_close(z[2], before[2])
+
+
+def test_after_training_fits_on_the_posterior_means_and_guesses_unknown_labels(tiny_images):
+    model = tiny_cvae(ex_post_components=1).eval()
+    x = torch.rand(60, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    y = torch.arange(60) % 3
+    hidden = y.clone()
+    hidden[::5] = -1                                              # some labels unknown (m2)
+    model.after_training([(x[:32], hidden[:32]), (x[32:], hidden[32:])])
+    known = torch.where(hidden >= 0, hidden, model.most_likely_labels(x))
+    reference = tiny_cvae(ex_post_components=1)
+    reference.fit_ex_post(model.encode(x, known)[0].detach().double(), known)
+    for name in ("ex_post_means", "ex_post_chol", "ex_post_weights", "ex_post_fitted"):
+        torch.testing.assert_close(getattr(model, name), getattr(reference, name))
+
+
+def test_the_fitted_mixtures_are_saved_and_reload_to_the_same_samples(tmp_path):
+    from safetensors.torch import load_file
+    from aelab.runs import save_model
+    model, _, _ = fitted_cvae(components=2, prior="learned")
+    save_model(tmp_path, model)
+    again = tiny_cvae(seed=9, ex_post_components=2, prior="learned")
+    again.load_state_dict(load_file(str(tmp_path / "model.safetensors")))
+    gen = lambda: torch.Generator().manual_seed(4)     # noqa: E731
+    torch.testing.assert_close(again.sample(30, generator=gen()), model.sample(30, generator=gen()))
+    assert again.ex_post_fitted.all()
+
+
+def test_the_cvae_preset_fits_its_ex_post_prior_when_training_ends(tmp_path, mnist_dir):
+    """End to end on 800 real MNIST images: the trainer calls after_training, the fitted
+    mixtures are in the run folder, and the reloaded run draws the same samples."""
+    from aelab.runs import load_run
+    from cli_helpers import trained_run
+    run = trained_run(tmp_path / "cvae", mnist_dir, "--preset", "cvae", "--epochs", "1", "--hidden", "32",
+                      "--latent-dim", "4", "--set", "model.ex_post_components=3")
+    cfg, model, _ = load_run(run)
+    assert cfg.model.ex_post_components == 3 and model.ex_post_fitted.all()
+    assert model.ex_post_means.abs().sum() > 0 and model.ex_post_weights.sum(1).allclose(torch.ones(10))
+    gen = lambda: torch.Generator().manual_seed(0)     # noqa: E731
+    torch.testing.assert_close(load_run(run)[1].sample(20, generator=gen()), model.sample(20, generator=gen()))
