@@ -80,3 +80,43 @@ def test_m2_on_data_without_labels_is_one_error_line(tmp_path, flags):
     assert code == 2
     line = only_error_line(err)
     assert "no label files" in line
+
+
+@pytest.fixture(scope="module")
+def m1m2_run(tmp_path_factory, mnist_dir) -> str:
+    return trained_run(tmp_path_factory.mktemp("m1m2") / "run", mnist_dir, *TINY, "--model", "m1m2",
+                       "--labels", "20", "--set", "model.m2_hidden_dims=[16]",
+                       "--set", "model.m2_latent_dim=3")
+
+
+def test_m1m2_eval_reports_the_class_error_of_the_reloaded_model(m1m2_run, capsys):
+    """eval rebuilds the model from the run folder: its test class_error is the one training saw."""
+    assert main(["eval", m1m2_run, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    info = json.load(open(f"{m1m2_run}/run.json"))
+    assert result["model"] == "m1m2" and result["n_images"] == 200
+    assert result["class_error"] == pytest.approx(info["test_metrics"]["class_error"])
+    assert 0 <= result["class_error"] <= 1 and -1000 < result["elbo"] < 0
+    cfg = yaml.safe_load(open(f"{m1m2_run}/config.yaml"))
+    assert cfg["model"]["alpha"] == pytest.approx(0.1 * 720 / 20)
+    record = json.loads(open(f"{m1m2_run}/metrics.jsonl").readline())
+    assert {"train_rec", "train_m2_rec", "train_class_ce", "val_class_error"} <= set(record)
+
+
+def test_m1m2_samples_a_class_and_probes(m1m2_run, tmp_path):
+    assert main(["sample", m1m2_run, "--label", "3", "-n", "8", "-o", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").exists()
+
+
+def test_preset_m1m2_is_listed_and_semi_supervised(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "m1m2\n" in out and "M1+M2" in out
+
+
+def test_an_unknown_m1m2_option_is_one_error_line(tmp_path, mnist_dir):
+    code, _, err = quiet_main(["train", "--data-dir", mnist_dir, *TINY, "--model", "m1m2",
+                               "--labels", "20", "--set", "model.m2_latent_dim=0",
+                               "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "m2_latent_dim must be at least 1" in only_error_line(err)

@@ -60,6 +60,22 @@ def test_negative_alpha_is_refused():
         tiny_m2(alpha=-1.0)
 
 
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_classifier_dropout_outside_0_1_is_refused(p):
+    with pytest.raises(ConfigError, match="classifier_dropout"):
+        tiny_m2(classifier_dropout=p)
+
+
+def test_classifier_dropout_drops_input_pixels_while_training_only(tiny_images):
+    model = tiny_m2(classifier_dropout=0.5)
+    plain = model.classifier(tiny_images)
+    torch.manual_seed(0)
+    assert not torch.allclose(model.classify(tiny_images).exp(), F.softmax(plain, 1))
+    model.eval()
+    torch.testing.assert_close(model.classify(tiny_images), F.log_softmax(plain, 1))
+    assert torch.equal(model.most_likely_labels(tiny_images), plain.argmax(1))
+
+
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
 def test_encode_each_class_equals_encoding_with_each_label(arch, tiny_images):
     model = tiny_m2(arch=arch, conv_channels=(4, 8))
