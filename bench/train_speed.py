@@ -41,8 +41,11 @@ PYTHAE_VENV = BENCH / ".venv-pythae"
 # aelab's speed-up over each other recipe that the issue asks for, per preset
 TARGETS = {"vae-mnist": {"reference": 3.5, "pythae": 2.0}, "seed-ae": {"reference": 3.5}}
 LABELS = {"reference": "reference (DataLoader)", "aelab": "aelab", "aelab-bf16": "aelab --precision bf16",
+          "aelab-medium": "aelab --matmul-prec. medium",
           "pythae": "pythae"}
-OURS = ("aelab", "aelab-bf16")      # fp32 as the others; bf16 autocast in the forward (an option)
+# fp32 as the others; then two options: bf16 autocast in the forward, and bf16 products with fp32
+# sums (torch.set_float32_matmul_precision("medium"))
+OURS = ("aelab", "aelab-bf16", "aelab-medium")
 NOTES = {
     "vae-mnist": "pythae: its VAE, reconstruction_loss 'bce': BCE summed over pixels + analytic KL, "
                  "mean over the batch, as aelab's loss (pythae's BCE is taken on sigmoid outputs, "
@@ -82,8 +85,8 @@ def load_setup(preset: str, dataset: str, limit: int):
 
 
 def time_recipe(recipe: str, preset: str, dataset: str, epochs: int, limit: int) -> dict:
-    """Epoch times of the reference or aelab (fp32 or bf16 autocast), in this process (run it in
-    a fresh one: see main)."""
+    """Epoch times of the reference or aelab (fp32, bf16 autocast or bf16 products), in this
+    process (run it in a fresh one: see main)."""
     images, name, cfg = load_setup(preset, dataset, limit)   # the same images for every recipe
     times = []
     if recipe == "reference":
@@ -102,7 +105,8 @@ def time_recipe(recipe: str, preset: str, dataset: str, epochs: int, limit: int)
                 batches.set_epoch(epoch)
                 start = time.perf_counter()
                 train_one_epoch(model, opt, batches,
-                                precision="bf16" if recipe == "aelab-bf16" else "fp32")
+                                precision="bf16" if recipe == "aelab-bf16" else "fp32",
+                                matmul_precision="medium" if recipe == "aelab-medium" else "highest")
                 times.append(time.perf_counter() - start)
     return {"times": times, "n_images": len(images), "batch_size": cfg.train.batch_size,
             "n_parameters": sum(p.numel() for p in model.parameters()),
@@ -204,21 +208,26 @@ def print_table(args, results: dict) -> dict[str, float]:
           + (f", pythae {pyt['pythae_version']}" if isinstance(pyt, dict) else ""))
     print(f"matrix-multiply peak measured in this run: {peak:.0f} GFLOP/s; "
           f"linear layers' FLOPs (forward + backward) at that peak: {flops / peak / 1e9:.2f} s per epoch")
-    print(f"{'recipe':<24}{'s/epoch':>9}{'images/s':>11}{'GFLOP/s':>9}{'% peak':>8}   all epochs (s)")
+    print(f"{'recipe':<28}{'s/epoch':>9}{'images/s':>11}{'GFLOP/s':>9}{'% peak':>8}   all epochs (s)")
     medians = {}
     for name, result in results.items():
         if isinstance(result, str):
-            print(f"{LABELS[name]:<24}unavailable: {result}")
+            print(f"{LABELS[name]:<28}unavailable: {result}")
             continue
         ts = result["times"]
         med = medians[name] = median_epoch(ts)
-        print(f"{LABELS[name]:<24}{med:>9.2f}{n / med:>11,.0f}{flops / med / 1e9:>9.1f}"
+        print(f"{LABELS[name]:<28}{med:>9.2f}{n / med:>11,.0f}{flops / med / 1e9:>9.1f}"
               f"{100 * flops / med / 1e9 / peak:>7.0f}%   {', '.join(f'{t:.2f}' for t in ts)}")
     if isinstance(results.get("aelab-bf16"), dict):
         print(textwrap.fill("aelab --precision bf16: the same training with the forward under bf16 "
                             "autocast (weights and Adam in fp32); GFLOP/s and % peak are against "
                             "the fp32 peak above.", 100, initial_indent="  * ",
                             subsequent_indent="    "))
+    if isinstance(results.get("aelab-medium"), dict):
+        print(textwrap.fill("aelab --matmul-precision medium: the same fp32 training with the "
+                            "matrix products taking bf16 inputs and summing in fp32 (oneDNN, AMX); "
+                            "GFLOP/s and % peak are against the fp32 peak above.", 100,
+                            initial_indent="  * ", subsequent_indent="    "))
     if isinstance(pyt, dict):
         for note in (NOTES[args.preset], COMMON_NOTE):
             print(textwrap.fill(note, 100, initial_indent="  * ", subsequent_indent="    ",

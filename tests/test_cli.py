@@ -196,6 +196,7 @@ TRAIN_ERRORS = {   # case -> (flags, words the error line must contain)
     "--set without =": (["--set", "train.epochs"], "KEY=VALUE"),
     "negative seed": (["--seed", "-1"], "seed"),
     "unknown device": (["--device", "tpu"], "tpu"),
+    "unknown matmul precision": (["--matmul-precision", "low"], "unknown matmul_precision 'low'"),
     "missing data dir": (["--data-dir", "{tmp}/nowhere"], "not found"),
     "corrupt idx file": (["--data-dir", "{corrupt}"], "train-images-idx3-ubyte.gz"),
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -283,6 +284,37 @@ def test_bf16_trains_the_forward_in_bf16_and_keeps_fp32_weights(tmp_path, mnist_
 def test_unknown_precision_is_a_config_error(mnist_dir):
     with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
         tiny_config(mnist_dir, **{"train.precision": "fp16"})
+
+
+def test_matmul_precision_holds_while_training_only(tmp_path, mnist_dir, monkeypatch):
+    from aelab.models.vae import VAE
+    seen = {"train": set(), "eval": set()}
+    real_forward, real_metrics = VAE.forward, VAE.metrics
+
+    def spy_forward(self, x, y=None):
+        seen["train" if self.training else "eval"].add(torch.get_float32_matmul_precision())
+        return real_forward(self, x, y)
+
+    def spy_metrics(self, x, y=None):
+        seen["eval"].add(torch.get_float32_matmul_precision())
+        return real_metrics(self, x, y)
+    monkeypatch.setattr(VAE, "forward", spy_forward)
+    monkeypatch.setattr(VAE, "metrics", spy_metrics)
+    torch.set_float32_matmul_precision("high")            # the caller's own setting
+    try:
+        run = train(tiny_config(mnist_dir, **{"train.matmul_precision": "medium", "train.epochs": 1}),
+                    out=str(tmp_path / "medium"))
+        assert torch.get_float32_matmul_precision() == "high"     # given back
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert seen == {"train": {"medium"}, "eval": {"high"}}
+    assert math.isfinite(run.test_metrics["elbo"])
+    assert "matmul_precision: medium" in (run.run_dir / "config.yaml").read_text()
+
+
+def test_unknown_matmul_precision_is_a_config_error(mnist_dir):
+    with pytest.raises(ConfigError, match="unknown matmul_precision 'low'; choose from highest, high, medium"):
+        tiny_config(mnist_dir, **{"train.matmul_precision": "low"})
 
 
 def test_compile_trains_through_torch_compile(tmp_path, mnist_dir, vae_run, monkeypatch):

@@ -22,7 +22,7 @@ TRAIN_FLAGS = {
     "sparsity": "model.sparsity", "noise": "model.noise", "contractive": "model.contractive",
     "kl_warmup": "model.kl_warmup", "k": "model.k", "grad_clip": "train.grad_clip",
     "exclude_class": "data.exclude_class", "labels": "data.labels",
-    "precision": "train.precision",
+    "precision": "train.precision", "matmul_precision": "train.matmul_precision",
 }
 
 
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", help="clip the gradients' global norm (default 0: off)")
     t.add_argument("--precision", help="fp32 (default) | bf16: the training forward under bf16 "
                    "autocast; weights, Adam and evaluation stay fp32 (pays on GPUs with bf16)")
+    t.add_argument("--matmul-precision", help="highest (default: fp32 products) | high (TF32 on "
+                   "GPUs that have it) | medium (bf16 products with fp32 sums: CPUs with AMX, "
+                   "GPUs); torch.set_float32_matmul_precision while training, not in evaluation")
     t.add_argument("--compile", action="store_true", help="torch.compile the training forward "
                    "(compiles in the first steps; pays on GPUs, not on small CPU models)")
     t.add_argument("--out", help="run folder (default runs/<preset-or-model>-<time>)")

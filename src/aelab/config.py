@@ -18,6 +18,7 @@ from .typed import suggest, typed_kwargs
 
 DEFAULT_PRESET = "vae-mnist"
 PRECISIONS = ("fp32", "bf16")
+MATMUL_PRECISIONS = ("highest", "high", "medium")     # torch.set_float32_matmul_precision's
 
 
 @dataclass
@@ -54,6 +55,9 @@ class TrainConfig:
     precision: str = "fp32"        # fp32 | bf16: the training forward under bf16 autocast
                                    # (weights, Adam and evaluation stay fp32)
     compile: bool = False          # torch.compile the training forward (pays off on GPUs)
+    matmul_precision: str = "highest"   # torch.set_float32_matmul_precision while training:
+                                   # highest (fp32 products) | high (TF32 on GPUs that have it) |
+                                   # medium (bf16 products, fp32 sums: AMX CPUs, GPUs)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -68,6 +72,9 @@ class TrainConfig:
             raise ConfigError(f"weight decay must be non-negative, got {self.weight_decay}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"unknown matmul_precision {self.matmul_precision!r}; choose from "
+                              f"{', '.join(MATMUL_PRECISIONS)}")
         if not 0 <= self.seed < 2**32:   # numpy's data split and the shuffle seeds need this range
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
 

@@ -83,17 +83,32 @@ def _flushing_denormals() -> bool:
     return bool(torch.tensor([1e-310], dtype=torch.float64).mul(1.0).item() == 0)
 
 
+@contextlib.contextmanager
+def float32_matmul_precision(precision: str):
+    """torch.set_float32_matmul_precision(precision) inside, the caller's setting back after.
+
+    ``medium`` lets float32 matrix products take bf16 inputs with float32 sums (oneDNN on CPUs
+    with AMX, tensor cores on GPUs); ``high`` allows TF32 on GPUs; ``highest`` is plain fp32."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 class Diverged(AelabError):
     """The loss or the gradients stopped being finite numbers."""
 
 
 def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Batches,
                     progress: bool = False, desc: str = "", grad_clip: float = 0.0,
-                    precision: str = "fp32") -> dict[str, float]:
+                    precision: str = "fp32", matmul_precision: str = "highest") -> dict[str, float]:
     """One pass over the batches; returns the per-image mean of the loss and its parts.
 
     ``precision`` bf16 runs the forward pass under bf16 autocast (the products in bf16, the loss
-    and the weights' gradients in fp32, as autocast chooses per operation).
+    and the weights' gradients in fp32, as autocast chooses per operation). ``matmul_precision``
+    is torch's float32 matmul precision for this pass alone (``float32_matmul_precision``).
 
     Sums stay on the device. The loss is checked for NaN/Inf every step on the CPU (free there)
     and every 50 steps on an accelerator, so that no step waits for the host; a non-finite loss
@@ -104,26 +119,27 @@ def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Bat
     names, total, n = None, None, 0
     bar = _progress_bar(len(batches), desc) if progress else None
     device_type = next(model.parameters()).device.type
-    for step, (x, y) in enumerate(batches, start=1):
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            if not torch.isfinite(norm):
-                raise Diverged(f"the gradient norm became {norm.item()} at step {step}")
-        if step % check_every == 0 and not torch.isfinite(out.loss):
-            raise Diverged(f"the loss became {out.loss.item()} at step {step}")
-        opt.step()
-        parts = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])
-        if total is None:
-            names, total = ["loss", *out.terms], parts * len(x)
-        else:
-            total.add_(parts, alpha=len(x))
-        n += len(x)
-        if bar is not None:
-            bar.update()
+    with float32_matmul_precision(matmul_precision):
+        for step, (x, y) in enumerate(batches, start=1):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = model(x, y)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if grad_clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                if not torch.isfinite(norm):
+                    raise Diverged(f"the gradient norm became {norm.item()} at step {step}")
+            if step % check_every == 0 and not torch.isfinite(out.loss):
+                raise Diverged(f"the loss became {out.loss.item()} at step {step}")
+            opt.step()
+            parts = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])
+            if total is None:
+                names, total = ["loss", *out.terms], parts * len(x)
+            else:
+                total.add_(parts, alpha=len(x))
+            n += len(x)
+            if bar is not None:
+                bar.update()
     if bar is not None:
         bar.close()
     counted = distributed.all_reduce_sum(torch.cat([total, total.new_tensor([n])]))  # all processes
@@ -213,7 +229,7 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
         try:
             train_means = train_one_epoch(net, opt, batches, progress,
                                           f"epoch {epoch}/{cfg.train.epochs}", cfg.train.grad_clip,
-                                          cfg.train.precision)
+                                          cfg.train.precision, cfg.train.matmul_precision)
         except Diverged as e:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint yet"
             raise Diverged(f"training stopped in epoch {epoch}: {e}; {kept} in {run_dir}; "
