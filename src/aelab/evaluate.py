@@ -31,7 +31,7 @@ UNITS = {
     "kl": "KL(q(z|x) || p(z)) in nats per image; p(z) = N(0, I), or p(z|y) for a cvae with a learned prior",
     "elbo": "evidence lower bound in nats per image (higher is better), z drawn from q(z|x)",
     "class_error": "fraction of images whose most likely class under the model's classifier "
-                   "q(y|x) is not their label (0 to 1; m2)",
+                   "q(y|x) is not their label (0 to 1; m2, m1m2)",
     "code_mean_activation": "mean code activation per image: mean |z| (l1 sparsity) or mean "
                             "sigmoid unit activation (kl sparsity)",
     "iw_bound": "importance weighted bound of k samples (Burda et al. 2016) in nats per image, "
