@@ -177,3 +177,17 @@ def test_train_on_bad_numpy_data_is_one_error_line_and_no_run(tmp_path, capsys):
     assert code == 2
     assert "pixel values run from 1000 to 1000" in only_error_line(err)
     assert not (tmp_path / "run").exists()
+
+
+def test_many_image_files_show_a_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import aelab.folders as folders
+    for i in range(3):
+        save_png(tmp_path / f"{i}.png", np.full((4, 4), i, np.uint8))
+    monkeypatch.setattr(folders, "PROGRESS_FROM", 3)
+    load_data_dir(tmp_path)
+    assert "reading images" not in capsys.readouterr().err          # not a terminal: no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    load_data_dir(tmp_path)
+    assert "reading images" in capsys.readouterr().err

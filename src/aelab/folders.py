@@ -22,6 +22,7 @@ Anything else is a DataError naming the file and the problem.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from .errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 GREY_MODES = ("1", "L", "LA")
 IMAGE_KEYS, LABEL_KEYS = ("images", "x"), ("labels", "y")
+PROGRESS_FROM = 2000          # image files: a progress bar from this many on (on a terminal)
 
 
 def load_data_dir(path: str | Path) -> RawData:
@@ -214,7 +216,7 @@ def list_images(folder: Path, known: list[str] | None = None
 def read_image_files(files: list[Path]) -> np.ndarray:
     """uint8 (N, C, H, W): grey when every image is grey (R = G = B), else RGB; all of one size."""
     arrays, first = [], None
-    for path in files:
+    for path in _with_progress(files):
         a = read_image(path)
         if first is None:
             first = (path, a.shape[1:])
@@ -225,6 +227,14 @@ def read_image_files(files: list[Path]) -> np.ndarray:
     if any(len(a) == 3 for a in arrays):
         arrays = [np.broadcast_to(a, (3, *a.shape[1:])) for a in arrays]
     return np.stack(arrays)
+
+
+def _with_progress(files: list[Path]):
+    """The files, behind a progress bar on a terminal when there are many to read."""
+    if len(files) < PROGRESS_FROM or not sys.stderr.isatty():
+        return files
+    from tqdm import tqdm
+    return tqdm(files, desc="reading images", unit="file", leave=False, file=sys.stderr)
 
 
 def read_image(path: Path) -> np.ndarray:
