@@ -647,16 +647,11 @@ def cmd_anomaly(args) -> int:
 
 
 def cmd_encode(args) -> int:
-    import torch
-    from .data import Batches
     from .export import CODE_FORMATS, check_suffix, write_codes
+    from .probe import encode_split
     check_suffix(args.output, CODE_FORMATS)      # a bad name fails before any loading
     _, model, split = _load_for_eval(args)
-    model.eval()
-    with torch.no_grad():
-        codes = [model.embed(x, y if model.needs_labels else None).float().cpu()
-                 for x, y in Batches(split, args.batch_size)]
-    codes = torch.cat(codes)
+    codes = encode_split(model, split, args.batch_size)
     write_codes(args.output, codes, split.labels)
     print(f"wrote the {codes.shape[1]}-number codes of the {len(codes)} images of the {args.split} "
           f"split to {args.output}")
@@ -761,11 +756,9 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
 
 
 def _check_output(path: str) -> None:
-    parent = Path(path).resolve().parent
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
-    if not path.lower().endswith(".png"):
-        raise ConfigError(f"output must be a .png file, got {path}")
+    """A PNG output: a .png name in a folder that exists."""
+    from .export import check_suffix
+    check_suffix(path, (".png",))
 
 
 def _positive_int(text: str) -> int:

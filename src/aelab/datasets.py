@@ -166,17 +166,27 @@ def load_idx_folder(folder: str | Path, name: str = "idx") -> RawData:
         raise DataError(f"no training images in {folder}: expected {IDX_PARTS['train_images']}[.gz]")
     train_x = read_images(files["train_images"])
     train_y = _labels_for(files.get("train_labels"), train_x)
+    test_x = test_y = None
     if "test_images" in files:
         test_x = read_images(files["test_images"])
         test_y = _labels_for(files.get("test_labels"), test_x)
-        if test_x.shape[1:] != train_x.shape[1:]:
-            raise DataError(f"{files['test_images']}: test images are {_shape(test_x)} but training "
-                            f"images are {_shape(train_x)}")
-    else:
+    return raw_data(name, folder, train_x, train_y, test_x, test_y, files.get("test_images"))
+
+
+def raw_data(name: str, source: str | Path, train_x: np.ndarray, train_y: np.ndarray | None,
+             test_x: np.ndarray | None, test_y: np.ndarray | None,
+             test_source: str | Path | None = None) -> RawData:
+    """A RawData from a user's arrays: checks that test and training images have one shape (the
+    error names ``test_source``, else ``source``), holds out a fixed sixth of the training images
+    as the test split where there is none, and asks for at least 2 training images."""
+    if test_x is None:
         train_x, train_y, test_x, test_y = hold_out(train_x, train_y, max(1, len(train_x) // 6))
+    elif test_x.shape[1:] != train_x.shape[1:]:
+        raise DataError(f"{test_source or source}: test images are {_shape(test_x)} but training "
+                        f"images are {_shape(train_x)}")
     if len(train_x) < 2:
-        raise DataError(f"{folder}: need at least 2 training images, found {len(train_x)}")
-    return RawData(name, str(folder), train_x, train_y, test_x, test_y)
+        raise DataError(f"{source}: need at least 2 training images, found {len(train_x)}")
+    return RawData(name, str(source), train_x, train_y, test_x, test_y)
 
 
 def hold_out(images, labels, n_test: int):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import RawData, find_idx_files, hold_out, load_idx_folder
+from .datasets import RawData, find_idx_files, load_idx_folder, raw_data
 from .errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -42,7 +42,7 @@ def load_data_dir(path: str | Path) -> RawData:
     path = Path(path)
     if path.is_file() and path.suffix in (".npz", ".npy"):
         train_x, train_y = read_array_file(path)
-        return _with_test(path, train_x, train_y, None, None)
+        return raw_data("numpy", path, train_x, train_y, None, None)
     if not path.is_dir():
         raise DataError(f"data folder not found: {path}")
     if find_idx_files(path):
@@ -73,7 +73,7 @@ def load_numpy_folder(folder: Path, parts: dict[str, Path]) -> RawData:
         test_x, test_y = _npy_pair(parts, "test") if "test_images.npy" in parts else (None, None)
     else:
         raise DataError(f"no training images in {folder}: expected train.npz or train_images.npy")
-    return _with_test(folder, train_x, train_y, test_x, test_y)
+    return raw_data("numpy", folder, train_x, train_y, test_x, test_y)
 
 
 def read_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -177,7 +177,7 @@ def load_image_folder(folder: Path) -> RawData:
         test_files, test_y, _ = list_images(test_dir, classes)
     images = read_image_files(train_files + test_files)
     train_x, test_x = images[:len(train_files)], images[len(train_files):]
-    raw = _with_test(folder, train_x, train_y, test_x if test_files else None, test_y, "images")
+    raw = raw_data("images", folder, train_x, train_y, test_x if test_files else None, test_y)
     return replace(raw, classes=tuple(classes))
 
 
@@ -254,21 +254,3 @@ def read_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({reason})") from None
     same = (rgb[0] == rgb[1]).all() and (rgb[1] == rgb[2]).all()
     return rgb[:1] if same else rgb
-
-
-# --- shared ---------------------------------------------------------------------------------------
-
-def _with_test(source: Path, train_x, train_y, test_x, test_y, name: str = "numpy") -> RawData:
-    """A RawData, holding out a fixed sixth of the training images when there is no test set."""
-    if test_x is None:
-        train_x, train_y, test_x, test_y = hold_out(train_x, train_y, max(1, len(train_x) // 6))
-    elif test_x.shape[1:] != train_x.shape[1:]:
-        raise DataError(f"{source}: test images are {_shape(test_x)} but training images are "
-                        f"{_shape(train_x)}")
-    if len(train_x) < 2:
-        raise DataError(f"{source}: need at least 2 training images, found {len(train_x)}")
-    return RawData(name, str(source), train_x, train_y, test_x, test_y)
-
-
-def _shape(images: np.ndarray) -> str:
-    return "x".join(map(str, images.shape[1:]))

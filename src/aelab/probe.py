@@ -36,9 +36,11 @@ ACCURACY_UNIT = "fraction of the evaluation split's images classified correctly 
 
 @torch.no_grad()
 def encode_split(model: Autoencoder, split: Split, batch_size: int = 1000) -> Tensor:
-    """The code of every image of the split, ``model.embed`` in batches: (N, code_dim) float32 on the CPU."""
+    """The code of every image of the split, ``model.embed`` in batches: (N, code_dim) float32 on
+    the CPU. A label-conditional family (cvae) is given each image's label."""
     model.eval()
-    codes = [model.embed(x).float().cpu() for x, _ in Batches(split, batch_size)]
+    codes = [(model.embed(x, y) if model.needs_labels else model.embed(x)).float().cpu()
+             for x, y in Batches(split, batch_size)]
     return torch.cat(codes) if codes else torch.empty(0, 0)
 
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..losses import gaussian_nll
 from .base import ModelOutput
-from .m2 import M2, M2Config, default_alpha
+from .m2 import M2, M2Config, check_classifier_options
 from .registry import register
 from .vae import VAE, VAEConfig
 
@@ -53,11 +53,7 @@ class M1M2Config(VAEConfig):
         if not self.m2_hidden_dims or min(self.m2_hidden_dims) < 1:
             raise ConfigError("m2_hidden_dims must be positive sizes, got "
                               f"{list(self.m2_hidden_dims)}")
-        if self.alpha is not None and not self.alpha >= 0:
-            raise ConfigError(f"alpha must be non-negative, got {self.alpha}")
-        if not 0 <= self.classifier_dropout < 1:
-            raise ConfigError("classifier_dropout must be in [0, 1), got "
-                              f"{self.classifier_dropout}")
+        check_classifier_options(self.alpha, self.classifier_dropout)
 
 
 class CodeM2(M2):
@@ -81,11 +77,7 @@ class M1M2(VAE):
     partial_labels = True         # trains on labels of -1 (hidden), so --labels N applies
     log_weights = None            # no p(x) estimate of the stacked model
 
-    @classmethod
-    def fit_config(cls, cfg: M1M2Config, n_train: int, n_labelled: int) -> None:
-        """An unset alpha becomes the paper's 0.1 N / N_l for this data."""
-        if cfg.alpha is None:
-            cfg.alpha = default_alpha(n_train, n_labelled)
+    fit_config = classmethod(M2.fit_config.__func__)   # an unset alpha becomes 0.1 N / N_l
 
     def __init__(self, cfg: M1M2Config):
         super().__init__(cfg)

@@ -68,11 +68,15 @@ class M2Config(CVAEConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.alpha is not None and not self.alpha >= 0:
-            raise ConfigError(f"alpha must be non-negative, got {self.alpha}")
-        if not 0 <= self.classifier_dropout < 1:
-            raise ConfigError("classifier_dropout must be in [0, 1), got "
-                              f"{self.classifier_dropout}")
+        check_classifier_options(self.alpha, self.classifier_dropout)
+
+
+def check_classifier_options(alpha: float | None, classifier_dropout: float) -> None:
+    """ConfigError for a negative alpha or a dropout outside [0, 1) (m2 and m1m2)."""
+    if alpha is not None and not alpha >= 0:
+        raise ConfigError(f"alpha must be non-negative, got {alpha}")
+    if not 0 <= classifier_dropout < 1:
+        raise ConfigError(f"classifier_dropout must be in [0, 1), got {classifier_dropout}")
 
 
 @register("m2")
