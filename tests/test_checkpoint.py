@@ -157,16 +157,19 @@ def test_a_nan_loss_stops_the_run_naming_epoch_and_step_and_keeps_the_last_check
     cfg = tiny_config(mnist_dir)
     steps = {"n": 0}
     from aelab.models.vae import VAE
-    original = VAE.forward
 
-    def poisoned(self, x, y=None):
-        out = original(self, x, y)
-        steps["n"] += self.training           # training steps only, not the validation passes
-        if self.training and steps["n"] == 12 + 3:   # 12 steps per epoch (720 / 64): epoch 2, step 3
-            out.loss = out.loss * float("nan")
-        return out
+    def poison(original):
+        def poisoned(self, x, y=None):
+            out = original(self, x, y)
+            steps["n"] += self.training           # training steps only, not the validation passes
+            if self.training and steps["n"] == 12 + 3:   # 12 steps per epoch (720 / 64): epoch 2, step 3
+                out.loss = out.loss * float("nan")
+            return out
+        return poisoned
 
-    monkeypatch.setattr(VAE, "forward", poisoned)
+    # the training step is loss_and_gradients (hand-written gradients) or forward (autograd)
+    for method in ("forward", "loss_and_gradients"):
+        monkeypatch.setattr(VAE, method, poison(getattr(VAE, method)))
     with pytest.raises(Diverged, match=r"epoch 2: the loss became nan at step 3.*checkpoint of epoch 1"):
         train(cfg, out=str(tmp_path / "run"))
     monkeypatch.undo()

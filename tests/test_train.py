@@ -289,17 +289,17 @@ def test_unknown_precision_is_a_config_error(mnist_dir):
 def test_matmul_precision_holds_while_training_only(tmp_path, mnist_dir, monkeypatch):
     from aelab.models.vae import VAE
     seen = {"train": set(), "eval": set()}
-    real_forward, real_metrics = VAE.forward, VAE.metrics
 
-    def spy_forward(self, x, y=None):
-        seen["train" if self.training else "eval"].add(torch.get_float32_matmul_precision())
-        return real_forward(self, x, y)
+    def spy(method, when):
+        real = getattr(VAE, method)
 
-    def spy_metrics(self, x, y=None):
-        seen["eval"].add(torch.get_float32_matmul_precision())
-        return real_metrics(self, x, y)
-    monkeypatch.setattr(VAE, "forward", spy_forward)
-    monkeypatch.setattr(VAE, "metrics", spy_metrics)
+        def spied(self, x, y=None):
+            seen[when or ("train" if self.training else "eval")].add(torch.get_float32_matmul_precision())
+            return real(self, x, y)
+        monkeypatch.setattr(VAE, method, spied)
+    spy("forward", None)                       # training with autograd, and validation
+    spy("loss_and_gradients", "train")         # training with hand-written gradients
+    spy("metrics", "eval")
     torch.set_float32_matmul_precision("high")            # the caller's own setting
     try:
         run = train(tiny_config(mnist_dir, **{"train.matmul_precision": "medium", "train.epochs": 1}),

@@ -58,6 +58,8 @@ class TrainConfig:
     matmul_precision: str = "highest"   # torch.set_float32_matmul_precision while training:
                                    # highest (fp32 products) | high (TF32 on GPUs that have it) |
                                    # medium (bf16 products, fp32 sums: AMX CPUs, GPUs)
+    hand_gradients: bool = True    # gradients written out by hand where the model has them
+                                   # (aelab.handgrad: plain MLP ae/vae); false: autograd always
 
     def __post_init__(self):
         if self.epochs < 1:

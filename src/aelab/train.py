@@ -22,6 +22,7 @@ from .checkpoint import load_checkpoint, rng_states, save_checkpoint
 from .errors import AelabError, ConfigError, DataError
 from .evaluate import evaluate, mean_loss
 from .models import Autoencoder, build_model, model_class
+from .optim import make_optimizer
 from .runs import (create_run_dir, read_run_info, save_model, write_config, write_metrics,
                    write_run_info)
 from .viz import save_grid, save_loss_curve, save_reconstructions
@@ -56,14 +57,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam (L2 weight decay if asked); the fused kernel where this PyTorch has it."""
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 @contextlib.contextmanager
@@ -103,12 +96,16 @@ class Diverged(AelabError):
 
 def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Batches,
                     progress: bool = False, desc: str = "", grad_clip: float = 0.0,
-                    precision: str = "fp32", matmul_precision: str = "highest") -> dict[str, float]:
+                    precision: str = "fp32", matmul_precision: str = "highest",
+                    hand_gradients: bool = True) -> dict[str, float]:
     """One pass over the batches; returns the per-image mean of the loss and its parts.
 
     ``precision`` bf16 runs the forward pass under bf16 autocast (the products in bf16, the loss
     and the weights' gradients in fp32, as autocast chooses per operation). ``matmul_precision``
     is torch's float32 matmul precision for this pass alone (``float32_matmul_precision``).
+    ``hand_gradients``: where the model has them (``Autoencoder.hand_gradients``; not through a
+    DDP or torch.compile wrapper, nor under autocast), take the gradients from its
+    ``loss_and_gradients`` rather than from autograd: the same gradients, a faster step.
 
     Sums stay on the device. The loss is checked for NaN/Inf every step on the CPU (free there)
     and every 50 steps on an accelerator, so that no step waits for the host; a non-finite loss
@@ -119,17 +116,23 @@ def train_one_epoch(model: Autoencoder, opt: torch.optim.Optimizer, batches: Bat
     names, total, n = None, None, 0
     bar = _progress_bar(len(batches), desc) if progress else None
     device_type = next(model.parameters()).device.type
+    by_hand = (hand_gradients and precision == "fp32" and isinstance(model, Autoencoder)
+               and model.hand_gradients)
     with float32_matmul_precision(matmul_precision):
         for step, (x, y) in enumerate(batches, start=1):
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                out = model(x, y)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            if by_hand:
+                with torch.no_grad():
+                    out = model.loss_and_gradients(x, y)
+            else:
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    out = model(x, y)
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
             if grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 if not torch.isfinite(norm):
                     raise Diverged(f"the gradient norm became {norm.item()} at step {step}")
-            if step % check_every == 0 and not torch.isfinite(out.loss):
+            if step % check_every == 0 and not math.isfinite(out.loss.item()):
                 raise Diverged(f"the loss became {out.loss.item()} at step {step}")
             opt.step()
             parts = torch.stack([out.loss.detach(), *(t.detach() for t in out.terms.values())])
@@ -229,7 +232,8 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
         try:
             train_means = train_one_epoch(net, opt, batches, progress,
                                           f"epoch {epoch}/{cfg.train.epochs}", cfg.train.grad_clip,
-                                          cfg.train.precision, cfg.train.matmul_precision)
+                                          cfg.train.precision, cfg.train.matmul_precision,
+                                          cfg.train.hand_gradients)
         except Diverged as e:
             kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint yet"
             raise Diverged(f"training stopped in epoch {epoch}: {e}; {kept} in {run_dir}; "

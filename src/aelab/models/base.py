@@ -76,6 +76,16 @@ class Autoencoder(nn.Module):
         """The training loss on a batch; y (B,) holds labels where the family uses them."""
         raise NotImplementedError
 
+    @property
+    def hand_gradients(self) -> bool:
+        """True where ``loss_and_gradients`` covers this model's configuration (aelab.handgrad)."""
+        return False
+
+    def loss_and_gradients(self, x: Tensor, y: Tensor | None = None) -> ModelOutput:
+        """``forward``'s loss, with every parameter's ``.grad`` set to its gradient by hand
+        rather than by autograd; call under torch.no_grad(), only where ``hand_gradients``."""
+        raise NotImplementedError(f"{self.family} has no hand-written gradients")
+
     def start_epoch(self, epoch: int) -> None:
         """Called by the trainer before each epoch (1-based): schedules such as a KL warm-up."""
 
