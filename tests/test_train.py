@@ -18,7 +18,7 @@ from aelab.errors import ConfigError, DataError, RunError
 from aelab.evaluate import mean_loss
 from aelab.models import build_model
 from aelab.runs import create_run_dir
-from aelab.train import flush_denormal, make_optimizer, resolve_device, train, train_one_epoch
+from aelab.train import make_optimizer, resolve_device, train, train_one_epoch
 
 RUN_FILES = {"config.yaml", "run.json", "checkpoint.safetensors", "metrics.jsonl", "model.safetensors",
              "reconstructions.png",
@@ -231,31 +231,6 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA"):
             resolve_device("cuda")
-
-
-def _flushing() -> bool:
-    return (torch.tensor([1e-310], dtype=torch.float64) * 1.0).item() == 0
-
-
-@pytest.mark.parametrize("before", [False, True])
-def test_flush_denormal_restores_the_previous_state(before):
-    if not torch.set_flush_denormal(before):
-        if before:
-            pytest.skip("this CPU cannot flush denormals")
-    try:
-        assert _flushing() == before
-        with flush_denormal():
-            assert _flushing()
-        assert _flushing() == before
-    finally:
-        torch.set_flush_denormal(False)
-
-
-def test_flush_denormal_restores_the_state_after_an_error():
-    torch.set_flush_denormal(False)
-    with pytest.raises(ZeroDivisionError), flush_denormal():
-        1 / 0
-    assert not _flushing()
 
 
 # ---------------------------------------------------------------- precision and compile

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__
 from .config import RunConfig
 from .data import Batches, Split, check_labels, load_splits
+from .denormals import flush_denormal
 from . import distributed
 from .checkpoint import load_checkpoint, rng_states, save_checkpoint
 from .errors import AelabError, ConfigError, DataError
@@ -57,23 +58,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def flush_denormal():
-    """Treat subnormal floats as zero while training: Adam's moments for always-blank pixels
-    decay into subnormals, which are many times slower on x86 CPUs."""
-    previous = _flushing_denormals()
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(previous)   # put back what the caller had, on or off
-
-
-def _flushing_denormals() -> bool:
-    """Whether subnormals are already treated as zero here (torch has no getter for the flag)."""
-    return bool(torch.tensor([1e-310], dtype=torch.float64).mul(1.0).item() == 0)
 
 
 @contextlib.contextmanager
