@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+from pathlib import Path
 
 import torch
 
@@ -22,24 +23,29 @@ _REGION_BODY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 @functools.lru_cache(maxsize=1)
 def _openmp_runtime():
-    """The OpenMP runtime torch has loaded (GNU libgomp, or Intel's/LLVM's, which speak the same
-    GOMP_parallel entry point), or None where none is found (e.g. no /proc on macOS)."""
+    """The OpenMP runtime torch itself loaded (GNU libgomp, or Intel's or LLVM's, which speak the
+    same GOMP_parallel entry point), or None where it is not found (e.g. no /proc on macOS).
+
+    Other packages may load their own copy (scikit-learn's wheels bring a libgomp), whose threads
+    are not torch's: only a runtime inside torch's folder (torch/lib, or torch.libs beside it)
+    counts, or the only one loaded."""
     try:
         with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "/" in line}
+            loaded = {line.split()[-1] for line in maps if "/" in line}
     except OSError:
         return None
-    for name in ("libgomp", "libiomp5", "libomp"):
-        for path in sorted(paths):
-            if name in path.rsplit("/", 1)[-1]:
-                try:
-                    runtime = ctypes.CDLL(path)
-                    runtime.GOMP_parallel.argtypes = [_REGION_BODY, ctypes.c_void_p, ctypes.c_uint,
-                                                      ctypes.c_uint]
-                    return runtime
-                except (OSError, AttributeError):
-                    continue
-    return None
+    runtimes = sorted(path for path in loaded
+                      if path.rsplit("/", 1)[-1].startswith(("libgomp", "libiomp5", "libomp")))
+    torch_dir = str(Path(torch.__file__).resolve().parent)
+    own = [path for path in runtimes if path.startswith((torch_dir + "/", torch_dir + ".libs/"))]
+    if len(own) != 1 and len(runtimes) != 1:
+        return None
+    try:
+        runtime = ctypes.CDLL((own or runtimes)[0])
+        runtime.GOMP_parallel.argtypes = [_REGION_BODY, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    except (OSError, AttributeError):
+        return None
+    return runtime
 
 
 def set_flush_denormal(on: bool) -> None:
