@@ -7,7 +7,9 @@ For each of vae-mnist and seed-ae, on full-size data (Fashion-MNIST's 60,000 tra
 --data-dir, a folder of IDX files, else the registered dataset), in this order:
 - reference: bench/reference.py, the usual recipe (per-sample Dataset + DataLoader, plain Adam),
   with its model on the GPU and each batch moved there;
-- aelab: the whole split on the GPU as uint8, fused Adam, the loss read once per epoch (fp32);
+- aelab: the whole split on the GPU as uint8, fused Adam, the loss read once per epoch (fp32),
+  hand-written gradients (aelab.handgrad);
+- aelab autograd: the same with autograd's gradients (`train.hand_gradients: false`);
 - aelab bf16: the same with the forward under bf16 autocast (`train --precision bf16`);
 - aelab tf32: the same fp32 training with TF32 matrix products (`--matmul-precision high`);
 - aelab compile: the same as aelab with the model's forward through torch.compile (`--compile`;
@@ -37,7 +39,7 @@ from aelab.models import build_model  # noqa: E402
 from aelab.train import flush_denormal, make_optimizer, train_one_epoch  # noqa: E402
 
 PRESETS = ("vae-mnist", "seed-ae")
-RECIPES = ("reference", "aelab", "aelab bf16", "aelab tf32", "aelab compile")
+RECIPES = ("reference", "aelab", "aelab autograd", "aelab bf16", "aelab tf32", "aelab compile")
 
 
 def synchronize(device: torch.device) -> None:
@@ -77,7 +79,8 @@ def time_aelab(recipe: str, preset: str, images: np.ndarray, epochs: int, device
             batches.set_epoch(epoch)
             start = time.perf_counter()
             train_one_epoch(net, opt, batches, precision="bf16" if recipe == "aelab bf16" else "fp32",
-                            matmul_precision="high" if recipe == "aelab tf32" else "highest")
+                            matmul_precision="high" if recipe == "aelab tf32" else "highest",
+                            hand_gradients=recipe != "aelab autograd")
             synchronize(device)       # train_one_epoch reads its sums once at the end; be sure
             times.append(time.perf_counter() - start)
     return times
