@@ -6,7 +6,7 @@ mask, a sum, each a pass over memory). The backward pass of an MLP is short enou
 for a layer h_out = h_in W^T + b with output gradient g, dW = g^T h_in, db = sum_rows g and
 dh_in = g W, then ReLU's mask. Done here with the products written straight into each parameter's
 ``.grad``, the loss and gradients are those of autograd (same operations, to float rounding:
-``tests/test_handgrad.py`` checks), and an epoch takes about 20 % less time (bench/RESULTS.md).
+``tests/test_handgrad.py`` checks), and an epoch takes 15 to 20 % less time (bench/RESULTS.md).
 
 The model families use these pieces in ``loss_and_gradients`` (models/ae.py, models/vae.py) and
 say by ``hand_gradients`` whether their configuration is covered; the trainer falls back to

@@ -143,9 +143,8 @@ def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None,
     With ``resume`` (a run folder) training continues after that run's last checkpoint, with its
     config (``cfg.train.epochs`` may be raised), and ends exactly as an uninterrupted run would.
 
-    Subnormal floats are flushed to zero for the whole call. The CPU flag is per thread and
-    PyTorch's worker threads copy it when they start, so it takes full effect only when no
-    parallel PyTorch work ran before in the process, as with the ``aelab`` command.
+    Subnormal floats are flushed to zero for the whole call, on torch's worker threads too
+    (``aelab.denormals``), and the caller's setting is put back after.
     """
     with flush_denormal():
         try:
