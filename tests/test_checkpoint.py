@@ -208,6 +208,16 @@ def test_resume_can_extend_a_finished_run(tmp_path, mnist_dir, capsys):
         load_checkpoint(tmp_path, None, None)
 
 
+def test_resume_with_fewer_epochs_than_done_is_refused_and_changes_nothing(tmp_path, mnist_dir, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(mnist_dir, **{"train.epochs": 2}), out=str(run))
+    config_before = (run / "config.yaml").read_text()
+    assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has trained 2 epochs already" in err[0]
+    assert (run / "config.yaml").read_text() == config_before and epochs_in(run) == [1, 2]
+
+
 def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_epoch(tmp_path, mnist_dir, capsys, monkeypatch):
     writes = {"n": 0}
     real_replace = runs.os.replace

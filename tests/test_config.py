@@ -54,6 +54,14 @@ def test_config_file_alone_does_not_pull_in_the_default_preset(tmp_path):
     assert cfg.train == TrainConfig()
 
 
+def test_model_flags_over_a_config_file_without_a_model_section_set_the_default_family(tmp_path):
+    config_file = write_yaml(tmp_path / "run.yaml", {"train": {"epochs": 1}})
+    cfg = resolve_config(config_file=config_file, overrides={"model.hidden_dims": "16",
+                                                            "model.beta": "2"})
+    assert cfg.model.name == "vae" and cfg.model.hidden_dims == (16,) and cfg.model.beta == 2.0
+    assert cfg.train.epochs == 1
+
+
 def test_config_file_with_another_family_replaces_the_preset_model_section(tmp_path):
     # vae-mnist sets likelihood and hidden_dims (400,); none of that may leak into the ae
     config_file = write_yaml(tmp_path / "run.yaml", {"model": {"name": "ae", "latent_dim": 7}})

@@ -105,3 +105,12 @@ def test_two_processes_killed_after_an_epoch_resume_bitwise_equal(tmp_path, mnis
     assert full.keys() == resumed.keys()
     for key in full:
         assert torch.equal(full[key], resumed[key]), key
+
+
+def test_nproc_with_bad_data_is_one_line_before_any_process_starts(tmp_path, capsys):
+    from aelab.cli import main
+    code = main(["train", "--nproc", "2", "--data-dir", str(tmp_path / "missing"), "--epochs", "1",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("aelab: error:") and "missing" in err[0]
+    assert not (tmp_path / "run").exists()

@@ -82,6 +82,13 @@ def test_a_pickled_object_array_is_refused_and_never_unpickled(tmp_path):
         load_data_dir(tmp_path)
 
 
+@pytest.mark.parametrize("content", [b"PK\x03\x04garbage", b"", b"\x93NUMPY\x01\x00"])
+def test_a_corrupt_or_truncated_numpy_file_is_one_data_error(tmp_path, content):
+    (tmp_path / "train.npz").write_bytes(content)
+    with pytest.raises(DataError, match="train.npz: not a readable NumPy file"):
+        load_data_dir(tmp_path)
+
+
 def test_npz_without_an_image_array_names_what_it_found(tmp_path):
     np.savez(tmp_path / "train.npz", pictures=np.zeros((4, 8, 8)))
     with pytest.raises(DataError, match="found pictures"):

@@ -137,6 +137,9 @@ def test_probe_refuses_label_conditional_models_and_unlabelled_splits():
     Conditional.needs_labels = False
     with pytest.raises(DataError, match="no labels"):
         probe(Conditional(), Split(images, None), labelled, n_labels=10)
+    one_class = Split(images, torch.zeros(20, dtype=torch.int64))
+    with pytest.raises(DataError, match="one class only"):
+        probe(Conditional(), one_class, labelled, n_labels=None)
 
 
 # ---------------------------------------------------------------- aelab probe

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -304,3 +305,20 @@ def test_compile_trains_through_torch_compile(tmp_path, mnist_dir, vae_run, monk
     assert len(calls) == 1
     compiled, plain = weights(run.run_dir), weights(vae_run.run_dir)
     assert all(torch.allclose(compiled[k], plain[k], atol=1e-5) for k in plain)
+
+
+def test_a_cvae_refuses_test_images_without_labels_before_training(tmp_path, mnist_dir):
+    unlabelled_test = tmp_path / "data"
+    unlabelled_test.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (unlabelled_test / name).write_bytes((Path(mnist_dir) / name).read_bytes())
+    with pytest.raises(DataError, match="labels of its test images"):
+        train(tiny_config(str(unlabelled_test), **{"model.name": "cvae"}), out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_run_records_its_data_folder_as_an_absolute_path(tmp_path, mnist_dir, monkeypatch):
+    monkeypatch.chdir(Path(mnist_dir).parent)
+    run = train(tiny_config(Path(mnist_dir).name, **{"train.epochs": 1}), out=str(tmp_path / "run")).run_dir
+    recorded = yaml.safe_load((run / "config.yaml").read_text())["data"]["data_dir"]
+    assert Path(recorded).is_absolute() and Path(recorded).samefile(mnist_dir)

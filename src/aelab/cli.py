@@ -287,8 +287,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args) -> int:
     from .config import resolve_config
     from .train import train
-    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_torchrun(args.nproc, args.argv)
+    launch = args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ
     overrides = {path: getattr(args, flag) for flag, path in TRAIN_FLAGS.items()
                  if getattr(args, flag) is not None}
     if args.dataset is not None:
@@ -311,10 +310,13 @@ def cmd_train(args) -> int:
         from .runs import read_run_info
         read_run_info(args.resume)                   # a clear error for a folder that is not a run
         cfg = resolve_config(config_file=str(Path(args.resume) / "config.yaml"), overrides=overrides)
-        train(cfg, progress=progress, resume=args.resume)
-        return 0
-    cfg = resolve_config(args.preset, args.config, overrides)
-    train(cfg, out=args.out, progress=progress)
+    else:
+        cfg = resolve_config(args.preset, args.config, overrides)
+    if launch:      # bad config or data: one line here, rather than once per process under torchrun
+        from .data import load_splits
+        load_splits(cfg.data, cfg.train.seed)
+        return _launch_torchrun(args.nproc, args.argv)
+    train(cfg, out=args.out, progress=progress, resume=args.resume)
     return 0
 
 

@@ -135,6 +135,8 @@ def resolve_config(preset: str | None = None, config_file: str | None = None,
         tree["preset"] = preset or DEFAULT_PRESET
     if config_file:
         tree = _merge(tree, read_yaml(config_file))
+    if not tree.get("model"):   # a file without a model section: the default family, as in
+        tree["model"] = {"name": "vae"}   # config_from_dict, before flags add options to it
     # model.name first, so that options set for the new family are not dropped with the old ones
     for path, value in sorted((overrides or {}).items(), key=lambda item: item[0] != "model.name"):
         if path == "model.name" and value != tree.get("model", {}).get("name"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
             return {"images": loaded}
         with loaded:
             return {name: loaded[name] for name in loaded.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:    # zip: a broken .npz
         reason = "it holds Python objects (pickle), which aelab does not load" \
             if "pickle" in str(e).lower() else (str(e).splitlines() or [type(e).__name__])[0]
         raise DataError(f"{path}: not a readable NumPy file: {reason}") from None

@@ -81,11 +81,14 @@ def check_unconditional(model: Autoencoder) -> None:
 
 
 def check_labels(train: Split, test: Split) -> None:
-    """Raise DataError unless both splits carry labels."""
+    """Raise DataError unless both splits carry labels, of at least two classes in training."""
     for name, split in (("training", train), ("evaluation", test)):
         if split.labels is None:
             raise DataError(f"the {name} split has no labels; the probe needs labelled training and "
-                            "test images (train-labels-idx1-ubyte, t10k-labels-idx1-ubyte)")
+                            "test images (label files, label arrays or class folders)")
+    if len(torch.unique(train.labels)) < 2:
+        raise DataError("the training split has one class only; a probe classifies, so it needs "
+                        "at least two")
 
 
 def probe(model: Autoencoder, train: Split, test: Split, n_labels: int | None, seed: int = 0,

@@ -120,7 +120,7 @@ def n_classes_of(train: Split, test: Split) -> int:
     for name, split in (("training", train), ("test", test)):
         if split.labels is None or not len(split.labels):
             raise DataError(f"the sample-quality classifier needs labelled images, and the {name} "
-                            "split has no labels (train-labels-idx1-ubyte, t10k-labels-idx1-ubyte)")
+                            "split has no labels (label files, label arrays or class folders)")
     return int(max(train.labels.max(), test.labels.max())) + 1
 
 
@@ -302,7 +302,7 @@ def check_sample_quality(model: Autoencoder, split: Split | None = None) -> None
                           "so it has no sample quality; use a vae, iwae, cvae or vqvae run")
     if split is not None and split.labels is None:
         raise DataError("sample quality needs labelled data to train its classifier, and this "
-                        "data has no label files (train-labels-idx1-ubyte, t10k-labels-idx1-ubyte)")
+                        "data has no labels (label files, label arrays or class folders)")
 
 
 @torch.no_grad()

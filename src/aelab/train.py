@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -163,6 +164,8 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
                           "from partly labelled data; use --model m2")
     splits = load_splits(cfg.data, cfg.train.seed, device)
     cfg.data.name = splits.name                  # record the data really used (mnist-5k fallback)
+    if cfg.data.data_dir:                        # so that eval, sample, ... find it from any folder
+        cfg.data.data_dir = os.path.abspath(cfg.data.data_dir)
     cfg.model.input_shape = splits.train.image_shape
     cfg.model.n_classes = splits.n_classes
     n_labelled = len(splits.train) if splits.labelled is None else len(splits.labelled)
@@ -170,6 +173,11 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
     model = build_model(cfg.model).to(device)
     if model.needs_labels and splits.train.labels is None:
         raise DataError(f"a {cfg.model.name} trains on labels, and this data has no label files")
+    if model.needs_labels and not model.partial_labels:      # m2 evaluates unlabelled images too
+        for part in ("val", "test"):
+            if len(getattr(splits, part)) and getattr(splits, part).labels is None:
+                raise DataError(f"a {cfg.model.name} is evaluated with the labels of its {part} "
+                                "images, and this data has none for them")
     if model.needs_labels:
         for part in ("val", "test"):
             check_labels(getattr(splits, part), cfg.model.n_classes, f"{part} split")
@@ -182,6 +190,9 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
         run_dir = Path(resume)
         state = load_checkpoint(run_dir, model, opt, rank=ranks.rank)
         done, history = state["epoch"], state["history"]   # a cut-short epoch is done again
+        if cfg.train.epochs < done:
+            raise ConfigError(f"{run_dir} has trained {done} epochs already; --epochs must be "
+                              f"{done} or more to resume it, got {cfg.train.epochs}")
         info["created"] = read_run_info(run_dir).get("created", info["created"])
         log.info("resuming %s after epoch %d of %d", run_dir, done, cfg.train.epochs)
     else:
