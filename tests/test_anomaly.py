@@ -309,6 +309,18 @@ def test_anomaly_on_images_of_another_size(anomaly_run, tmp_path, capsys):
     assert not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.parametrize("csv_name, png_name, words", [
+    ("same.png", "same.png", "must end in .csv"),
+    ("scores.txt", "t.png", "must end in .csv"),
+])
+def test_anomaly_scores_must_go_to_a_csv_not_over_the_png(anomaly_run, tmp_path, capsys,
+                                                              csv_name, png_name, words):
+    assert main(["anomaly", anomaly_run, "-o", str(tmp_path / csv_name), "--png",
+                 str(tmp_path / png_name)]) == 2
+    assert words in only_error_line(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
 def test_elbo_score_on_an_ae_run_is_an_error(tmp_path, mnist_dir, capsys):
     run = tmp_path / "ae"
     code, _, err = quiet_main(["train", "--data-dir", mnist_dir, *TINY, "--epochs", "1",

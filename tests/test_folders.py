@@ -89,6 +89,12 @@ def test_a_corrupt_or_truncated_numpy_file_is_one_data_error(tmp_path, content):
         load_data_dir(tmp_path)
 
 
+def test_a_file_that_is_not_numpy_data_is_named_as_such(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="notes.txt is a file, not data aelab reads"):
+        load_data_dir(tmp_path / "notes.txt")
+
+
 def test_npz_without_an_image_array_names_what_it_found(tmp_path):
     np.savez(tmp_path / "train.npz", pictures=np.zeros((4, 8, 8)))
     with pytest.raises(DataError, match="found pictures"):

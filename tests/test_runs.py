@@ -125,7 +125,7 @@ BREAKAGES = {
     "model of another size": (
         lambda run: (run / "config.yaml").write_text(
             (run / "config.yaml").read_text().replace("latent_dim: 4", "latent_dim: 5")),
-        "cannot be loaded"),
+        "does not fit the run's config.yaml: size mismatch for"),
 }
 
 

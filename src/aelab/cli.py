@@ -634,9 +634,9 @@ def cmd_datasets(args) -> int:
 def cmd_anomaly(args) -> int:
     from .anomaly import anomaly_scores, top_k, write_scores_csv
     from .viz import save_grid
+    from .export import check_suffix
     _check_output(args.png)
-    if not Path(args.output).resolve().parent.is_dir():
-        raise ConfigError(f"cannot write {args.output}: its folder does not exist")
+    check_suffix(args.output, (".csv",))         # so never the same file as the .png
     _, model, split = _load_for_eval(args)
     scores = anomaly_scores(model, split, args.score, args.batch_size, seed=args.seed)
     top = top_k(scores, args.top)

@@ -44,6 +44,9 @@ def load_data_dir(path: str | Path) -> RawData:
     if path.is_file() and path.suffix in (".npz", ".npy"):
         train_x, train_y = read_array_file(path)
         return raw_data("numpy", path, train_x, train_y, None, None)
+    if path.is_file():
+        raise DataError(f"{path} is a file, not data aelab reads: give a folder (IDX, NumPy or "
+                        "image files) or one .npz/.npy file")
     if not path.is_dir():
         raise DataError(f"data folder not found: {path}")
     if find_idx_files(path):

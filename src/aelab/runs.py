@@ -128,5 +128,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"
         state = load_file(str(model_path), device=str(device))
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as e:
-        raise RunError(f"{model_path} cannot be loaded: {str(e).splitlines()[0]}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
+        raise RunError(f"{model_path} does not fit the run's config.yaml: {detail}"
+                       if isinstance(e, RuntimeError) and "state_dict" in str(e)
+                       else f"{model_path} cannot be loaded: {detail}") from None
     return cfg, model.to(device).eval(), info
