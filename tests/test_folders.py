@@ -133,6 +133,13 @@ def test_rgb_files_whose_channels_are_equal_count_as_grey(tmp_path):
     assert load_data_dir(tmp_path).train_images.shape[1] == 1
 
 
+def test_a_test_folder_without_a_train_folder_is_not_taken_for_a_class(tmp_path):
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "test" / "cat" / "a.png")
+    with pytest.raises(DataError, match="test/ folder but no train/ folder"):
+        load_data_dir(tmp_path)
+
+
 def test_images_of_different_sizes_name_both_files(tmp_path):
     save_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
     save_png(tmp_path / "b.png", np.zeros((8, 9), np.uint8))

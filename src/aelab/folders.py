@@ -173,6 +173,9 @@ def _image_files(folder: Path, recursive: bool = False) -> list[Path]:
 
 
 def load_image_folder(folder: Path) -> RawData:
+    if (folder / "test").is_dir() and not (folder / "train").is_dir():
+        raise DataError(f"{folder} has a test/ folder but no train/ folder beside it; put the "
+                        "training images in train/")
     train_dir = folder / "train" if (folder / "train").is_dir() else folder
     test_dir = folder / "test" if (folder / "test").is_dir() and train_dir != folder else None
     train_files, train_y, classes = list_images(train_dir)
