@@ -81,3 +81,15 @@ def test_a_closure_is_evaluated_and_its_loss_returned():
 
 def test_make_optimizer_gives_lean_adam_on_the_cpu():
     assert isinstance(make_optimizer(net(), 1e-3), LeanAdam)
+
+
+def test_a_kernel_with_another_signature_falls_back_to_torchs_step_without_a_double_step(monkeypatch):
+    def other_signature(*args, **kwargs):
+        raise TypeError("_fused_adam_() got an unexpected keyword argument 'maximize'")
+
+    monkeypatch.setattr("aelab.optim.FUSED_ADAM", other_signature)
+    lean, lean_opt = run(LeanAdam)
+    assert lean_opt.torch_step_only
+    plain, plain_opt = run(torch.optim.Adam)
+    for a, b in zip(lean.parameters(), plain.parameters()):
+        assert torch.equal(a, b)

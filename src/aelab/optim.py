@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch.optim import optimizer as torch_optimizer
 
+FUSED_ADAM = getattr(torch, "_fused_adam_", None)   # the kernel torch's fused Adam calls
+
 
 class LeanAdam(torch.optim.Adam):
     """``torch.optim.Adam(fused=True)`` with a shorter ``step``: the same kernel, update and
@@ -25,20 +27,26 @@ class LeanAdam(torch.optim.Adam):
         for group, params, states in ready:
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, 1)
-            torch._fused_adam_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                               [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False,
-                               lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
-                               weight_decay=group["weight_decay"], eps=group["eps"],
-                               maximize=group["maximize"])
+            try:
+                FUSED_ADAM(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                           [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False,
+                           lr=group["lr"], beta1=group["betas"][0], beta2=group["betas"][1],
+                           weight_decay=group["weight_decay"], eps=group["eps"],
+                           maximize=group["maximize"])
+            except TypeError:   # a torch whose kernel takes other arguments: its own step from now on
+                torch._foreach_sub_(steps, 1)         # (the first group fails before any update)
+                self.torch_step_only = True
+                return _torch_adam_step(self, closure)
         return None
 
     step.hooked = True   # torch wraps an optimiser's step in hook calls unless this is set
 
     def _ready_groups(self):
         """[(group, params with a gradient, their states)], or None where torch's step must run."""
-        if (self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+        if (getattr(self, "torch_step_only", False)
+                or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
                 or torch_optimizer._global_optimizer_pre_hooks
-                or torch_optimizer._global_optimizer_post_hooks or not hasattr(torch, "_fused_adam_")):
+                or torch_optimizer._global_optimizer_post_hooks or FUSED_ADAM is None):
             return None
         ready = []
         for group in self.param_groups:
