@@ -108,7 +108,10 @@ def test_test_images_of_another_size(tmp_path):
 
 def test_too_few_training_images(tmp_path):
     _write_parts(tmp_path, train_images=_numbered(1))
-    with pytest.raises(DataError, match="at least 2 training images"):
+    with pytest.raises(DataError, match="need at least 3 images when no test images are given .*found 1"):
+        load_idx_folder(tmp_path)
+    _write_parts(tmp_path, train_images=_numbered(1), test_images=_numbered(2))
+    with pytest.raises(DataError, match="at least 2 training images, found 1"):
         load_idx_folder(tmp_path)
 
 

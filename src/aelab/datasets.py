@@ -180,6 +180,9 @@ def raw_data(name: str, source: str | Path, train_x: np.ndarray, train_y: np.nda
     error names ``test_source``, else ``source``), holds out a fixed sixth of the training images
     as the test split where there is none, and asks for at least 2 training images."""
     if test_x is None:
+        if len(train_x) < 3:      # 2 to train on and 1 held out as the test split
+            raise DataError(f"{source}: need at least 3 images when no test images are given "
+                            f"(one is held out for testing), found {len(train_x)}")
         train_x, train_y, test_x, test_y = hold_out(train_x, train_y, max(1, len(train_x) // 6))
     elif test_x.shape[1:] != train_x.shape[1:]:
         raise DataError(f"{test_source or source}: test images are {_shape(test_x)} but training "
