@@ -19,11 +19,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def keeps_methods(model: nn.Module, cls: type, names: tuple[str, ...]) -> bool:
-    """True when ``model``'s class takes each of ``names`` from ``cls`` unchanged: a subclass
-    that redefines any of them computes another loss, which the hand-written gradients of
-    ``cls`` would not match."""
-    return all(getattr(type(model), name) is getattr(cls, name) for name in names)
+def covers(model: nn.Module, cls: type, methods: tuple[str, ...]) -> bool:
+    """True when the hand-written gradients of ``cls`` apply to ``model``: an ``arch: mlp`` model
+    whose networks are plain MLPs (``mlp_networks``), and whose class takes each of ``methods``
+    from ``cls`` unchanged (a subclass that redefines one computes another loss)."""
+    return (model.cfg.arch == "mlp"
+            and all(getattr(type(model), name) is getattr(cls, name) for name in methods)
+            and all(is_mlp(seq) for seq in mlp_networks(model)))
+
+
+def mlp_networks(model: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
+    """The encoder's and the decoder's MLP of an ``arch: mlp`` model (blocks.Encoder, Decoder)."""
+    return model.encoder.head, model.decoder.net[0]
 
 
 def is_mlp(seq: nn.Module) -> bool:

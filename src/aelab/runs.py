@@ -128,9 +128,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"
         state = load_file(str(model_path), device=str(device))
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
-        raise RunError(f"{model_path} does not fit the run's config.yaml: {detail}"
-                       if isinstance(e, RuntimeError) and "state_dict" in str(e)
-                       else f"{model_path} cannot be loaded: {detail}") from None
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:  # its first mismatch
+            raise RunError(f"{model_path} does not fit the run's config.yaml: {lines[1]}") from None
+        raise RunError(f"{model_path} cannot be loaded: {lines[0]}") from None
     return cfg, model.to(device).eval(), info

@@ -173,14 +173,13 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
     model = build_model(cfg.model).to(device)
     if model.needs_labels and splits.train.labels is None:
         raise DataError(f"a {cfg.model.name} trains on labels, and this data has no label files")
-    if model.needs_labels and not model.partial_labels:      # m2 evaluates unlabelled images too
-        for part in ("val", "test"):
-            if len(getattr(splits, part)) and getattr(splits, part).labels is None:
-                raise DataError(f"a {cfg.model.name} is evaluated with the labels of its {part} "
-                                "images, and this data has none for them")
     if model.needs_labels:
         for part in ("val", "test"):
-            check_labels(getattr(splits, part), cfg.model.n_classes, f"{part} split")
+            split = getattr(splits, part)
+            if len(split) and split.labels is None and not model.partial_labels:   # m2 evaluates
+                raise DataError(f"a {cfg.model.name} is evaluated with the labels of its {part} "
+                                "images, and this data has none for them")   # unlabelled ones too
+            check_labels(split, cfg.model.n_classes, f"{part} split")
     opt = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     info = {"aelab_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": str(device), "data": splits.describe(),

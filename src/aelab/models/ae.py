@@ -117,22 +117,22 @@ class AE(Autoencoder):
     @property
     def hand_gradients(self) -> bool:
         """The plain MLP autoencoder (no regulariser) with AE's own loss."""
-        return (not self.regularised and self.cfg.arch == "mlp"
-                and handgrad.keeps_methods(self, AE, ("forward", "encode", "decode", "reconstruction_loss"))
-                and handgrad.is_mlp(self.encoder.head) and handgrad.is_mlp(self.decoder.net[0]))
+        return not self.regularised and handgrad.covers(
+            self, AE, ("forward", "encode", "decode", "reconstruction_loss"))
 
     def loss_and_gradients(self, x: Tensor, y: Tensor | None = None) -> ModelOutput:
+        encoder, decoder = handgrad.mlp_networks(self)
         pixels = x.flatten(1)                                        # (B, D)
-        z, encoder_inputs = handgrad.mlp_forward(self.encoder.head, pixels)
-        logits, decoder_inputs = handgrad.mlp_forward(self.decoder.net[0], z)
+        z, encoder_inputs = handgrad.mlp_forward(encoder, pixels)
+        logits, decoder_inputs = handgrad.mlp_forward(decoder, z)
         if self.cfg.loss == "mse":                                   # mean over pixels and images
             count = pixels.numel()
             total, d_logits = handgrad.mse_and_grad(logits, pixels, 1 / count)
         else:                                                        # summed over pixels, mean over images
             count = len(x)
             total, d_logits = handgrad.bernoulli_nll_and_grad(logits, pixels, 1 / count)
-        d_z = handgrad.mlp_backward(self.decoder.net[0], decoder_inputs, d_logits)
-        handgrad.mlp_backward(self.encoder.head, encoder_inputs, d_z, input_grad=False)
+        d_z = handgrad.mlp_backward(decoder, decoder_inputs, d_logits)
+        handgrad.mlp_backward(encoder, encoder_inputs, d_z, input_grad=False)
         loss = total / count
         return ModelOutput(loss=loss, logits=logits.view_as(x), z=z, terms={"rec": loss})
 

@@ -144,21 +144,20 @@ class VAE(Autoencoder):
     @property
     def hand_gradients(self) -> bool:
         """MLP networks, a ``bernoulli`` or ``mse`` likelihood, and VAE's own loss."""
-        return (self.cfg.arch == "mlp" and self.cfg.likelihood in ("bernoulli", "mse")
-                and handgrad.keeps_methods(self, VAE, ("forward", "encode", "decode", "kl",
-                                                       "reconstruction_nll"))
-                and handgrad.is_mlp(self.encoder.head) and handgrad.is_mlp(self.decoder.net[0]))
+        return self.cfg.likelihood in ("bernoulli", "mse") and handgrad.covers(
+            self, VAE, ("forward", "encode", "decode", "kl", "reconstruction_nll"))
 
     def loss_and_gradients(self, x: Tensor, y: Tensor | None = None) -> ModelOutput:
         """As ``forward``, gradients by hand. With d_z the gradient reaching the code and
         w = kl_weight / B: d_mu = d_z + w mu and d_logvar = (d_z eps sigma + w (sigma^2 - 1)) / 2."""
+        encoder, decoder = handgrad.mlp_networks(self)
         n, pixels = len(x), x.flatten(1)                               # (B, D)
-        stats, encoder_inputs = handgrad.mlp_forward(self.encoder.head, pixels)
+        stats, encoder_inputs = handgrad.mlp_forward(encoder, pixels)
         mu, logvar = stats.chunk(2, dim=-1)
         sigma = torch.exp(0.5 * logvar)
         eps = torch.randn_like(mu)
         z = mu + sigma * eps                                           # as losses.reparameterize
-        logits, decoder_inputs = handgrad.mlp_forward(self.decoder.net[0], z)
+        logits, decoder_inputs = handgrad.mlp_forward(decoder, z)
         if self.cfg.likelihood == "bernoulli":                         # summed over pixels
             rec, d_logits = handgrad.bernoulli_nll_and_grad(logits, pixels, 1 / n)
         else:                                                          # mse: mean over pixels
@@ -166,10 +165,10 @@ class VAE(Autoencoder):
             rec = rec / self.n_pixels
         variance = sigma.square()
         kl = 0.5 * (mu.square() + variance - logvar - 1).sum()
-        d_z = handgrad.mlp_backward(self.decoder.net[0], decoder_inputs, d_logits)
+        d_z = handgrad.mlp_backward(decoder, decoder_inputs, d_logits)
         w = self.kl_weight / n
         d_stats = torch.cat([d_z + w * mu, 0.5 * (d_z * eps * sigma + w * (variance - 1))], dim=1)
-        handgrad.mlp_backward(self.encoder.head, encoder_inputs, d_stats, input_grad=False)
+        handgrad.mlp_backward(encoder, encoder_inputs, d_stats, input_grad=False)
         rec, kl = rec / n, kl / n
         return ModelOutput(loss=rec + self.kl_weight * kl, logits=logits.view_as(x), z=z,
                            terms={"rec": rec, "kl": kl})
