@@ -146,6 +146,13 @@ def test_unknown_key_names_it_and_suggests_the_nearest(tree, bad, nearest):
     assert f"did you mean {nearest!r}" in str(err.value)
 
 
+def test_an_option_of_another_family_names_the_families_that_have_it():
+    with pytest.raises(ConfigError, match=r"model.noise is an option of ae, not of vae"):
+        resolve_config(overrides={"model.name": "vae", "model.noise": "gaussian:0.3"})
+    with pytest.raises(ConfigError, match=r"model.k is an option of .*iwae.*, not of ae"):
+        config_from_dict({"model": {"name": "ae", "k": 5}})
+
+
 def test_unknown_key_in_an_override_is_an_error():
     with pytest.raises(ConfigError, match="did you mean 'model.latent_dim'"):
         resolve_config(overrides={"model.lattent_dim": "4"})

@@ -1,6 +1,7 @@
 """The model registry: a family is added by decorating its class with ``@register(name)``."""
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -41,7 +42,18 @@ def model_config_from_dict(values: dict) -> ModelConfig:
     """Build the config of the family named by ``values['name']``; unknown options are errors."""
     if not isinstance(values, dict) or "name" not in values:
         raise ConfigError("the model section needs a 'name' (one of: " + ", ".join(list_models()) + ")")
-    return dataclass_from_dict(model_config_class(str(values["name"])), values, "model.")
+    name = str(values["name"])
+    cls = model_config_class(name)
+    for key in values:
+        owners = [family for family in list_models() if key in _option_names(family)]
+        if key not in _option_names(name) and owners:
+            raise ConfigError(f"model.{key} is an option of {', '.join(owners)}, not of {name} "
+                              f"(set the family with --model or model.name)")
+    return dataclass_from_dict(cls, values, "model.")
+
+
+def _option_names(family: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(model_config_class(family)) if f.init}
 
 
 def build_model(cfg: ModelConfig) -> Autoencoder:
