@@ -77,6 +77,16 @@ def test_name_variants(tmp_path, stem_style, suffix):
     assert raw.test_labels.tolist() == [7, 8, 9]
 
 
+def test_a_part_there_twice_reads_the_plain_file_and_says_so(tmp_path, caplog):
+    write_idx(tmp_path / "train-images-idx3-ubyte", _numbered(6))
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", _numbered(9))      # another content
+    write_idx(tmp_path / "train-images.idx3-ubyte", _numbered(7))
+    with caplog.at_level(logging.INFO, logger="aelab"):
+        raw = load_idx_folder(tmp_path)
+    assert len(raw.train_images) + len(raw.test_images) == 6
+    assert "reading train-images-idx3-ubyte, not train-images-idx3-ubyte.gz, train-images.idx3-ubyte" in caplog.text
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(DataError, match="data folder not found"):
         load_idx_folder(tmp_path / "nowhere")

@@ -143,13 +143,19 @@ def fetch(spec: DatasetSpec, fname: str, sha256: str, folder: Path) -> Path:
 
 
 def find_idx_files(folder: Path) -> dict[str, Path]:
-    """Map each IDX part present in ``folder`` to its path (plain or .gz, '-idx' or '.idx')."""
+    """Map each IDX part present in ``folder`` to its path (plain or .gz, '-idx' or '.idx').
+    Where a part is there twice (a .gz next to its unpacked copy, as torchvision leaves them), the
+    first of plain '-idx', '-idx.gz', plain '.idx', '.idx.gz' is read, and the log says so."""
     found = {}
     for key, stem in IDX_PARTS.items():
-        for name in (stem, stem.replace("-idx", ".idx")):
-            for suffix in ("", ".gz"):
-                if (folder / (name + suffix)).is_file():
-                    found.setdefault(key, folder / (name + suffix))
+        present = [folder / (name + suffix)
+                   for name in (stem, stem.replace("-idx", ".idx")) for suffix in ("", ".gz")
+                   if (folder / (name + suffix)).is_file()]
+        if present:
+            found[key] = present[0]
+        if len(present) > 1:
+            log.info("%s: reading %s, not %s", folder, present[0].name,
+                     ", ".join(path.name for path in present[1:]))
     return found
 
 
