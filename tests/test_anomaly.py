@@ -13,10 +13,11 @@ from PIL import Image
 from aelab.anomaly import anomaly_scores, auroc, top_k, write_scores_csv
 from aelab.cli import main
 from aelab.config import DataConfig, resolve_config
-from aelab.data import Split, load_splits
+from aelab.data import Split, as_split, load_splits
 from aelab.errors import ConfigError, DataError
 from aelab.idx import write_idx
 from aelab.models import build_model, model_config_from_dict
+from aelab.runs import load_run
 from aelab.viz import grid
 from cli_helpers import quiet_main, only_error_line
 
@@ -295,7 +296,11 @@ def test_anomaly_on_other_data_without_labels(anomaly_run, mnist_5k, tmp_path, c
     assert main(["anomaly", anomaly_run, "--data-dir", str(folder), "-o", str(csv_path),
                  "--png", str(tmp_path / "t.png")]) == 0
     rows = list(csv.DictReader(open(csv_path)))
-    assert len(rows) == 5 and all(r["label"] == "" for r in rows)   # a sixth held out as test
+    assert len(rows) == 30 and all(r["label"] == "" for r in rows)  # every image, not a held-out sixth
+    _, model, _ = load_run(anomaly_run, "cpu")
+    in_file_order = anomaly_scores(model, as_split(mnist_5k[0][:30, None], None), "recon", 1000)
+    assert [int(r["index"]) for r in rows] == list(range(30))
+    np.testing.assert_allclose([float(r["score"]) for r in rows], in_file_order.numpy(), rtol=1e-5)
 
 
 def test_anomaly_on_images_of_another_size(anomaly_run, tmp_path, capsys):

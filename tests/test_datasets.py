@@ -17,7 +17,8 @@ import pytest
 from aelab import datasets
 from aelab.config import DataConfig
 from aelab.data import load_raw_for
-from aelab.datasets import DatasetSpec, availability, cache_dir, load_idx_folder, load_raw
+from aelab.datasets import (DatasetSpec, availability, cache_dir, file_order, load_idx_folder,
+                            load_raw)
 from aelab.errors import DataError
 from aelab.idx import write_idx
 
@@ -85,6 +86,21 @@ def test_a_part_there_twice_reads_the_plain_file_and_says_so(tmp_path, caplog):
         raw = load_idx_folder(tmp_path)
     assert len(raw.train_images) + len(raw.test_images) == 6
     assert "reading train-images-idx3-ubyte, not train-images-idx3-ubyte.gz, train-images.idx3-ubyte" in caplog.text
+
+
+def test_file_order_puts_held_out_images_back_in_place(tmp_path):
+    _write_parts(tmp_path, train_images=_numbered(13), train_labels=np.arange(13, dtype=np.uint8))
+    raw = load_idx_folder(tmp_path)
+    assert len(raw.test_images) == 2 and raw.held_out is not None
+    images, labels = file_order(raw)
+    np.testing.assert_array_equal(images[:, 0], _numbered(13))
+    assert labels.tolist() == list(range(13))
+
+
+def test_file_order_with_a_test_file_is_the_training_file_then_the_test_file(tmp_path):
+    _write_parts(tmp_path, train_images=_numbered(5), test_images=_numbered(3)[::-1].copy())
+    images, labels = file_order(load_idx_folder(tmp_path))
+    assert images[:, 0, 0, 0].tolist() == [0, 1, 2, 3, 4, 2, 1, 0] and labels is None
 
 
 def test_missing_folder(tmp_path):

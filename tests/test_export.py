@@ -82,6 +82,28 @@ def test_encode_writes_the_posterior_means_of_every_test_image(vae_run, tmp_path
     np.testing.assert_array_equal(labels, test.labels.numpy())
 
 
+def test_encode_other_data_encodes_every_image_in_file_order(vae_run, tmp_path, mnist_5k):
+    images = mnist_5k[0][:50]              # one file: a sixth is its test split, put back in place
+    np.save(tmp_path / "mine.npy", images)
+    out = tmp_path / "codes.npz"
+    code, stdout, err = quiet_main(["encode", vae_run, "--data-dir", str(tmp_path / "mine.npy"),
+                                    "-o", str(out)])
+    assert code == 0, err
+    assert "codes of the 50 images of the data, in file order" in stdout
+    _, model, _ = load_run(vae_run, "cpu")
+    with torch.no_grad():
+        expected = model.embed(torch.from_numpy(images).float().div(255)[:, None]).numpy()
+    with np.load(out) as f:
+        np.testing.assert_allclose(f["codes"], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(f["index"], np.arange(50))
+
+
+def test_encode_split_all_of_the_runs_own_data_is_train_file_then_test_file(vae_run, tmp_path):
+    code, stdout, err = quiet_main(["encode", vae_run, "--split", "all", "-o", str(tmp_path / "c.npy")])
+    assert code == 0, err
+    assert len(np.load(tmp_path / "c.npy")) == 1000      # mnist_dir: 800 training + 200 test
+
+
 def test_encode_csv_of_the_validation_split(vae_run, tmp_path):
     out = tmp_path / "codes.csv"
     code, _, err = quiet_main(["encode", vae_run, "--split", "val", "-o", str(out)])

