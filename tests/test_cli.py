@@ -258,6 +258,24 @@ def test_argparse_errors_exit_with_status_2(capsys):
     assert "must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["eval"], ["sample"], ["reconstruct"],
+                                     ["anomaly"], ["probe"], ["latent-map", "-o", "m.png"]])
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "99999999999999999999"])
+def test_every_seed_flag_takes_the_range_of_train_seed(command, seed, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command[0], "somewhere", *command[1:], "--seed", seed])
+    assert exit_.value.code == 2
+    assert f"must be in [0, 2**32), got {seed}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["tpu", "CPU", "cpu:0"])
+def test_an_unknown_device_is_one_error_line_in_every_command(vae_run, device, tmp_path, capsys):
+    for command in (["eval"], ["sample", "-o", str(tmp_path / "s.png")], ["encode", "-o", str(tmp_path / "c.npy")]):
+        assert main([command[0], vae_run, *command[1:], "--device", device]) == 2
+        assert f"unknown device {device!r}" in only_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- python -m aelab
 
 

@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(e)
     e.add_argument("--split", choices=("test", "val"), default="test")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    e.add_argument("--seed", type=int, default=0, help="seed of the z draws (ELBO, nll_iw) and "
+    e.add_argument("--seed", type=_seed, default=0, help="seed of the z draws (ELBO, nll_iw) and "
                    "of --binarize fixed")
     e.add_argument("--iw-samples", type=_positive_int, metavar="K", help="also nll_iw, the "
                    "K-sample importance weighted estimate of -log p(x) in nats per image, and "
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=_positive_int, default=64, help="number of images (default 64)")
     s.add_argument("-o", "--output", default="samples.png", help="PNG grid (default samples.png), "
                    "or .npy / .npz: the images themselves, float32 (N, C, H, W) in [0, 1]")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--label", type=int, help="class to draw (label-conditional models: cvae)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_sample)
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", default="reconstructions.png", help="PNG file")
     r.add_argument("--noise", help="corrupt the inputs first (gaussian:SIGMA, mask:P, "
                    "saltpepper:P): rows of noisy inputs, outputs and clean targets")
-    r.add_argument("--seed", type=int, default=0, help="seed of the corruption")
+    r.add_argument("--seed", type=_seed, default=0, help="seed of the corruption")
     r.set_defaults(func=cmd_reconstruct)
 
     ip = sub.add_parser("interpolate", help="decode the codes on the line between two images",
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (default): the codes when 2-D, else PCA and t-SNE side by side")
     lm.add_argument("--n-images", type=_positive_int, default=2000, metavar="N",
                     help="images spread through the split (default 2000)")
-    lm.add_argument("--seed", type=int, default=0, help="t-SNE's random state")
+    lm.add_argument("--seed", type=_seed, default=0, help="t-SNE's random state")
     lm.add_argument("--manifold", metavar="PNG", help="2-D codes: where the decoded grid goes "
                     "(default: OUTPUT with -manifold before .png)")
     lm.add_argument("--grid", type=_positive_int, default=20, metavar="G",
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", choices=("test", "val"), default="test", help="split to score")
     pr.add_argument("--k", type=_positive_int, default=5, help="neighbours of the k-NN "
                     "classifier, capped at N (default 5)")
-    pr.add_argument("--seed", type=int, default=0, help="seed of the labelled subset")
+    pr.add_argument("--seed", type=_seed, default=0, help="seed of the labelled subset")
     pr.add_argument("--repeats", type=_positive_int, default=1, metavar="R",
                     help="average over R labelled subsets (seeds seed..seed+R-1); mean and std")
     pr.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--png", default="top.png", help="PNG grid of the top-k images, most "
                    "anomalous first (default top.png)")
     a.add_argument("--top", type=_positive_int, default=32, help="images in the PNG (default 32)")
-    a.add_argument("--seed", type=int, default=0, help="seed of the z draws in the ELBO")
+    a.add_argument("--seed", type=_seed, default=0, help="seed of the z draws in the ELBO")
     a.set_defaults(func=cmd_anomaly)
 
     c = sub.add_parser("encode", help="the code of every image of a split, as .npz, .npy or .csv",
@@ -779,14 +779,26 @@ def _check_output(path: str) -> None:
     check_suffix(path, (".png",))
 
 
+def _seed(text: str) -> int:
+    """A seed: an integer in [0, 2**32), the range every generator here takes."""
+    value = _int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
 def _fmt(value) -> str:

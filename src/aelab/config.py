@@ -90,8 +90,7 @@ class RunConfig:
     preset: str | None = None      # the preset this run started from, for the record
 
     def __post_init__(self):
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            raise ConfigError(f"unknown device {self.device!r}; choose from auto, cpu, cuda, cuda:N, mps")
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -143,6 +142,12 @@ def resolve_config(preset: str | None = None, config_file: str | None = None,
             tree["model"] = _keep_shared_model_keys(tree.get("model", {}), value)
         _set_path(tree, path, value)
     return config_from_dict(tree)
+
+
+def check_device(name: str) -> None:
+    """Raise ConfigError unless ``name`` is a device aelab knows how to ask for."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N, mps")
 
 
 def config_from_dict(tree: dict) -> RunConfig:

@@ -16,7 +16,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
-from .config import RunConfig
+from .config import RunConfig, check_device
 from .data import Batches, Split, check_labels, load_splits
 from .denormals import flush_denormal
 from . import distributed
@@ -42,6 +42,7 @@ class TrainResult:
 
 def resolve_device(name: str) -> torch.device:
     """'auto' picks cuda, then mps, then cpu; an explicit device must exist."""
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
