@@ -185,6 +185,9 @@ def test_unreadable_or_non_mapping_config_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: {epochs: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         resolve_config(config_file=str(tmp_path / "bad.yaml"))
+    (tmp_path / "data.npz").write_bytes(b"PK\x03\x04\x99\xff\xfe binary")
+    with pytest.raises(ConfigError, match="not text"):
+        resolve_config(config_file=str(tmp_path / "data.npz"))
 
 
 # ---------------------------------------------------------------- validation

@@ -116,6 +116,8 @@ BREAKAGES = {
     "no config.yaml": (lambda run: (run / "config.yaml").unlink(), "config.yaml"),
     "config.yaml not YAML": (lambda run: (run / "config.yaml").write_text("model: [unclosed"),
                              "not valid YAML"),
+    "config.yaml not text": (lambda run: (run / "config.yaml").write_bytes(b"\x99\xff\xfe\x00"),
+                             "not text"),
     "config.yaml unknown key": (
         lambda run: (run / "config.yaml").write_text("model: {name: vae, depth: 3}\n"), "depth"),
     "no model": (lambda run: (run / MODEL_FILE).unlink(), MODEL_FILE),

@@ -63,6 +63,19 @@ def test_cast_rejects_with_config_error_naming_the_key(value, kind):
         cast(value, kind, "train.thing")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", float("nan"), float("inf")])
+def test_a_float_setting_must_be_finite(value):
+    with pytest.raises(ConfigError, match=r"^train\.lr must be a finite number"):
+        cast(value, float, "train.lr")
+    with pytest.raises(ConfigError, match=r"^train\.lr"):
+        cast(value, Optional[float], "train.lr")
+
+
+def test_an_int_setting_given_an_infinite_number_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^train\.epochs: cannot read"):
+        cast("1e400", int, "train.epochs")
+
+
 @given(st.integers(min_value=-10**6, max_value=10**6))
 def test_int_round_trips_through_its_string_and_exponent_forms(n):
     assert cast(str(n), int, "k") == n

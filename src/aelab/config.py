@@ -168,6 +168,8 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not text (not UTF-8): is it the right file?") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config {path} must be a mapping of sections (data, model, train, ...)")
     return tree

@@ -116,6 +116,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu"
         raise RunError(f"{run_dir} has no config.yaml") from None
     except yaml.YAMLError as e:
         raise RunError(f"{run_dir}/config.yaml is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{run_dir}/config.yaml is not text (not UTF-8)") from None
     try:
         cfg = config_from_dict(tree)
     except AelabError as e:

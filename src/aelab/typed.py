@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any
@@ -70,12 +71,15 @@ def cast(value: Any, kind: Any, name: str) -> Any:
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)  # PyYAML reads 1e-3 (no dot) as a string
+            number = float(value)  # PyYAML reads 1e-3 (no dot) as a string
+            if not math.isfinite(number):    # no setting here means anything at nan or inf
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            return number
         if kind is str:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 raise ValueError
             return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{name}: cannot read {value!r} as {getattr(kind, '__name__', kind)}") from None
     return value
 
