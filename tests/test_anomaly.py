@@ -351,3 +351,10 @@ def test_exclude_class_on_data_without_labels_is_an_error(tmp_path, mnist_5k, ca
 def test_eval_anomaly_class_absent_from_the_split_is_an_error(anomaly_run, capsys):
     assert main(["eval", anomaly_run, "--anomaly-class", "1", "--split", "val"]) == 2
     assert "class 1 does not occur in the val split" in only_error_line(capsys.readouterr().err)
+
+
+def test_a_png_path_that_is_a_folder_fails_before_the_csv_is_written(anomaly_run, tmp_path, capsys):
+    (tmp_path / "top.png").mkdir()
+    assert main(["anomaly", anomaly_run, "-o", str(tmp_path / "s.csv"), "--png", str(tmp_path / "top.png")]) == 2
+    assert "it is a folder" in only_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "s.csv").exists()

@@ -276,6 +276,12 @@ def test_an_unknown_device_is_one_error_line_in_every_command(vae_run, device, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_manifold_grid_is_capped(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["latent-map", "somewhere", "--grid", "1000"])
+    assert exit_.value.code == 2 and "must be at most 100, got 1000" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- python -m aelab
 
 

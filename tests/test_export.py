@@ -55,6 +55,12 @@ def test_bad_output_names_are_config_errors_and_write_nothing(tmp_path, name, me
     assert not list(tmp_path.rglob("codes*"))
 
 
+def test_an_output_name_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "codes.npz").mkdir()
+    with pytest.raises(ConfigError, match="it is a folder"):
+        write_codes(tmp_path / "codes.npz", CODES, None)
+
+
 # --- the commands ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -211,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--seed", type=_seed, default=0, help="t-SNE's random state")
     lm.add_argument("--manifold", metavar="PNG", help="2-D codes: where the decoded grid goes "
                     "(default: OUTPUT with -manifold before .png)")
-    lm.add_argument("--grid", type=_positive_int, default=20, metavar="G",
-                    help="manifold: G x G codes (default 20)")
+    lm.add_argument("--grid", type=_grid_size, default=20, metavar="G",
+                    help=f"manifold: G x G codes (default 20, at most {MAX_GRID})")
     lm.add_argument("--label", type=int, help="cvae: the class the manifold is decoded as "
                     "(default 0)")
     lm.add_argument("-o", "--output", default="latent-map.png", help="PNG file "
@@ -784,6 +784,16 @@ def _seed(text: str) -> int:
     value = _int(text)
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"must be in [0, 2**32), got {value}")
+    return value
+
+
+MAX_GRID = 100    # a manifold of G x G decoded images: 100 x 100 is already a 2800-pixel PNG
+
+
+def _grid_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_GRID:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_GRID}, got {value}")
     return value
 
 

@@ -26,6 +26,8 @@ def check_suffix(path: str | Path, formats: tuple[str, ...]) -> str:
         raise ConfigError(f"output must end in {', '.join(formats)}; got {path}")
     if not path.resolve().parent.is_dir():
         raise ConfigError(f"cannot write {path}: folder {path.resolve().parent} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder")
     return suffix
 
 
