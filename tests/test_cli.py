@@ -282,6 +282,14 @@ def test_the_manifold_grid_is_capped(capsys):
     assert exit_.value.code == 2 and "must be at most 100, got 1000" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["train"], ["eval", "somewhere"], ["encode", "somewhere"]])
+def test_dataset_and_data_dir_together_are_refused(command, mnist_dir, tmp_path, capsys):
+    argv = [*command, "--dataset", "fashion-mnist", "--data-dir", mnist_dir]
+    assert main(argv + (["--out", str(tmp_path / "run")] if command == ["train"] else [])) == 2
+    assert "give --dataset or --data-dir, not both" in only_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- python -m aelab
 
 

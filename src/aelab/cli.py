@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     _setup_logging()
     try:
+        if getattr(args, "dataset", None) and getattr(args, "data_dir", None):
+            raise ConfigError("give --dataset or --data-dir, not both")
         return args.func(args) or 0
     except AelabError as e:
         print(f"aelab: error: {e}", file=sys.stderr)
