@@ -208,6 +208,18 @@ def test_resume_can_extend_a_finished_run(tmp_path, mnist_dir, capsys):
         load_checkpoint(tmp_path, None, None)
 
 
+def test_resume_with_another_number_of_processes_says_so(tmp_path, mnist_dir, caplog):
+    run = tmp_path / "run"
+    train(tiny_config(mnist_dir, **{"train.epochs": 1}), out=str(run))
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "world_size": 2}))   # as a 2-process run
+    train(tiny_config(mnist_dir, **{"train.epochs": 2}), resume=str(run))
+    assert "trained with 2 process(es) and resumes with 1" in caplog.text
+    caplog.clear()
+    train(tiny_config(mnist_dir, **{"train.epochs": 3}), resume=str(run))   # now 1 and 1
+    assert "resumes with" not in caplog.text
+
+
 def test_resume_with_fewer_epochs_than_done_is_refused_and_changes_nothing(tmp_path, mnist_dir, capsys):
     run = tmp_path / "run"
     train(tiny_config(mnist_dir, **{"train.epochs": 2}), out=str(run))

@@ -114,3 +114,34 @@ def test_nproc_with_bad_data_is_one_line_before_any_process_starts(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("aelab: error:") and "missing" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_an_error_in_the_processes_is_one_line_and_status_2(tmp_path, mnist_dir):
+    run = subprocess.run([sys.executable, "-m", "aelab", "train", "--data-dir", mnist_dir, *FLAGS,
+                          "--lr", "1e30", "--nproc", "2", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True)
+    ours = [line for line in run.stderr.splitlines() if line.startswith("aelab")]
+    assert run.returncode == 2, run.stderr
+    assert len(ours) == 1 and ours[0].startswith("aelab: error: training stopped"), run.stderr
+    assert "Traceback" not in run.stderr and "terminate" not in run.stderr   # torchrun's warning may stay
+
+
+def test_the_launcher_says_the_error_of_another_process_when_process_0_did_not(tmp_path, monkeypatch,
+                                                                               capsys):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+    from aelab import cli
+
+    def two_processes_failing(args):   # process 1 met an aelab error; process 0 was stopped
+        import os
+        (tmp_path / "said").write_text(os.environ[cli.ERRORS_DIR])
+        monkeypatch.setenv("RANK", "1")
+        cli._say_error("the loss became nan at step 3")
+        monkeypatch.delenv("RANK")
+        failures = {rank: ProcessFailure(local_rank=rank, pid=rank, exitcode=code,
+                                         error_file=str(tmp_path / "none.json"))
+                    for rank, code in ((0, -15), (1, 2))}
+        raise ChildFailedError("aelab", failures)
+
+    monkeypatch.setattr("torch.distributed.run.run", two_processes_failing)
+    assert cli._launch_torchrun(2, ["train", "--nproc", "2"]) == 2
+    assert capsys.readouterr().err == "aelab: error: the loss became nan at step 3\n"

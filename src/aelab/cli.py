@@ -37,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("give --dataset or --data-dir, not both")
         return args.func(args) or 0
     except AelabError as e:
-        print(f"aelab: error: {e}", file=sys.stderr)
+        _say_error(str(e))
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            sys.stdout.flush()                   # a torchrun process: end now, without taking
+            sys.stderr.flush()                   # down the process group (see train.train)
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         print("aelab: interrupted", file=sys.stderr)
@@ -760,8 +765,8 @@ def _split_words(split: str) -> str:
 
 
 def _launch_torchrun(nproc: int, argv: list[str]) -> int:
-    """Run this same command in ``nproc`` processes under torchrun; its exit status is ours."""
-    import subprocess
+    """Run this same command in ``nproc`` processes under torchrun (in this process: its
+    launcher, not its command line); 0, 2 when the processes stopped on an aelab error, else 1."""
     rest, skip = [], False
     for arg in argv:                             # drop --nproc N / --nproc=N
         if skip:
@@ -770,9 +775,44 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "aelab", *rest]
-    return subprocess.run(cmd).returncode
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+    import tempfile
+    elastic_log = logging.getLogger("torch.distributed.elastic")
+    level, elastic_log.level = elastic_log.level, logging.CRITICAL   # failures: said below
+    with tempfile.TemporaryDirectory() as errors:
+        os.environ[ERRORS_DIR] = errors
+        try:
+            run(get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}",
+                                              "-m", "aelab", *rest]))
+        except ChildFailedError as e:            # torchrun's own traceback adds nothing here
+            failed = {rank: f.exitcode for rank, f in e.failures.items()}
+            if 2 not in failed.values():
+                print("aelab: error: " + ", ".join(f"process {rank} exited with {code}"
+                      for rank, code in sorted(failed.items())), file=sys.stderr)
+                return 1
+            if failed.get(0) != 2:               # process 0 said nothing: say the others' error
+                said = sorted(Path(errors).glob("rank-*.txt"))
+                print("aelab: error: " + (said[0].read_text() if said else "a process failed"),
+                      file=sys.stderr)
+            return 2
+        finally:
+            os.environ.pop(ERRORS_DIR, None)
+            elastic_log.setLevel(level)
+    return 0
+
+
+ERRORS_DIR = "AELAB_LAUNCHER_ERRORS"   # where processes other than 0 leave their error for the launcher
+
+
+def _say_error(message: str) -> None:
+    """'aelab: error: ...' on stderr; under ``--nproc``, process 0 says it, and each other process
+    leaves its own to the launcher, which says it only if process 0 did not fail the same way."""
+    rank, errors = int(os.environ.get("RANK", 0)), os.environ.get(ERRORS_DIR)
+    if rank and errors:
+        (Path(errors) / f"rank-{rank}.txt").write_text(message)
+    else:
+        print(f"aelab: error: {message}", file=sys.stderr)
 
 
 def _check_output(path: str) -> None:

@@ -146,13 +146,13 @@ def train(cfg: RunConfig, out: str | None = None, progress: bool | None = None,
     config (``cfg.train.epochs`` may be raised), and ends exactly as an uninterrupted run would.
 
     Subnormal floats are flushed to zero for the whole call, on torch's worker threads too
-    (``aelab.denormals``), and the caller's setting is put back after.
+    (``aelab.denormals``), and the caller's setting is put back after. Under torchrun the
+    process group is taken down at the end; after an error it is left for the process to end.
     """
     with flush_denormal():
-        try:
-            return _train(cfg, out, progress, resume)
-        finally:
-            distributed.teardown()
+        result = _train(cfg, out, progress, resume)   # on an error under torchrun the process group
+        distributed.teardown()                        # stays: taking it down while another
+        return result                                 # process waits in it can abort this one
 
 
 def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str | None) -> TrainResult:
@@ -193,7 +193,12 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
         if cfg.train.epochs < done:
             raise ConfigError(f"{run_dir} has trained {done} epochs already; --epochs must be "
                               f"{done} or more to resume it, got {cfg.train.epochs}")
-        info["created"] = read_run_info(run_dir).get("created", info["created"])
+        before = read_run_info(run_dir)
+        info["created"] = before.get("created", info["created"])
+        if before.get("world_size", 1) != ranks.world_size:
+            log.warning("%s was trained with %d process(es) and resumes with %d: it continues "
+                        "correctly, but not bit for bit as it would have", run_dir,
+                        before.get("world_size", 1), ranks.world_size)
         log.info("resuming %s after epoch %d of %d", run_dir, done, cfg.train.epochs)
     else:
         run_dir = create_run_dir(out, cfg.preset or cfg.model.name) if main else Path(out or ".")
