@@ -218,7 +218,14 @@ def test_gzip_with_bad_checksum(tmp_path):
 def test_header_whose_size_overflows_int64_is_rejected():
     # 2**16 ** 4 == 2**64: a 64-bit product would wrap to 0 and "match" an empty body
     raw = bytes([0, 0, 0x08, 4]) + (2 ** 16).to_bytes(4, "big") * 4
-    with pytest.raises(DataError, match="truncated"):
+    with pytest.raises(DataError, match="too large"):
+        parse_idx(raw)
+
+
+def test_an_empty_array_whose_other_sizes_numpy_cannot_hold_is_rejected():
+    # found by the property test below: [0, 2**28, 2**28, 2**24] is empty, but numpy refuses the shape
+    raw = bytes([0, 0, 0x08, 4]) + b"".join(d.to_bytes(4, "big") for d in (0, 2**28, 2**28, 2**24))
+    with pytest.raises(DataError, match="too large"):
         parse_idx(raw)
 
 

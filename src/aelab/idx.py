@@ -34,6 +34,8 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
         raise DataError(f"{name}: truncated IDX header")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(_TYPES[type_code])
+    if math.prod(d for d in dims if d) * dtype.itemsize >= 2**63:   # numpy cannot shape it, even
+        raise DataError(f"{name}: header sizes {dims} are too large")  # when a 0 makes it empty
     expected = math.prod(dims) * dtype.itemsize   # Python ints: a 64-bit product could wrap
     have = len(raw) - header_len
     if have < expected:
