@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from aelab.cli import main
@@ -103,9 +104,39 @@ def test_m1m2_eval_reports_the_class_error_of_the_reloaded_model(m1m2_run, capsy
     assert {"train_rec", "train_m2_rec", "train_class_ce", "val_class_error"} <= set(record)
 
 
-def test_m1m2_samples_a_class_and_probes(m1m2_run, tmp_path):
+def test_m1m2_samples_a_class(m1m2_run, tmp_path):
     assert main(["sample", m1m2_run, "--label", "3", "-n", "8", "-o", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").exists()
+
+
+def test_m1m2_codes_see_no_label_so_it_probes_on_all_training_labels(m1m2_run, capsys):
+    # its codes are M1's z1; trained with --labels 20, the probe still draws from every label
+    assert main(["probe", m1m2_run, "--labels", "100", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_labelled"] == 100 and result["n_classes"] == 10 and result["code_dim"] == 4
+
+
+@pytest.mark.parametrize("family", ["m1m2", "m2"])
+def test_the_elbo_anomaly_score_of_the_semi_supervised_families_needs_no_label(family, m1m2_run, m2_run,
+                                                                               tmp_path, capsys):
+    run = {"m1m2": m1m2_run, "m2": m2_run}[family]
+    csv_path = tmp_path / "s.csv"
+    assert main(["anomaly", run, "--score", "elbo", "-o", str(csv_path), "--png", str(tmp_path / "t.png")]) == 0
+    from aelab.anomaly import anomaly_scores
+    from aelab.data import load_splits
+    from aelab.runs import load_run
+    cfg, model, _ = load_run(run, "cpu")
+    test = load_splits(cfg.data, cfg.train.seed).test
+    scores = np.loadtxt(csv_path, delimiter=",", skiprows=1, usecols=2)
+    np.testing.assert_allclose(scores, anomaly_scores(model, test, "elbo", 1000).numpy(), rtol=1e-5)
+    with torch.no_grad():                      # the same bound whatever labels are given
+        x = test.images[:8].float() / 255
+        elbos = []
+        for labels in (test.labels[:8], torch.full((8,), 3), None):
+            torch.manual_seed(0)                   # the same z draws
+            elbos.append(model.metrics(x, labels)["elbo"].numpy())
+        np.testing.assert_allclose(elbos[0], elbos[1], rtol=1e-5)
+        np.testing.assert_allclose(elbos[0], elbos[2], rtol=1e-5)
 
 
 def test_preset_m1m2_is_listed_and_semi_supervised(capsys):

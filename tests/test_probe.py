@@ -107,7 +107,7 @@ def test_probe_separates_clusters_and_not_shuffled_labels():
 def test_probe_on_split_objects_codes_beat_pixels_when_the_code_holds_the_class():
     """A model whose embed is the class itself (one-hot) against pixels that are pure noise."""
     class Oracle(torch.nn.Module):
-        needs_labels, family = False, "oracle"
+        codes_use_labels, family = False, "oracle"
 
         def embed(self, x):
             return torch.nn.functional.one_hot(x[:, 0, 0, 0].mul(255).round().long(), 10).float()
@@ -128,13 +128,13 @@ def test_probe_on_split_objects_codes_beat_pixels_when_the_code_holds_the_class(
 
 def test_probe_refuses_label_conditional_models_and_unlabelled_splits():
     class Conditional(torch.nn.Module):
-        needs_labels, family = True, "cvae"
+        codes_use_labels, family = True, "cvae"
 
     images = torch.zeros(20, 1, 4, 4, dtype=torch.uint8)
     labelled = Split(images, torch.from_numpy(labels_10(2)))
     with pytest.raises(ConfigError, match="cvae"):
         probe(Conditional(), labelled, labelled, n_labels=10)
-    Conditional.needs_labels = False
+    Conditional.codes_use_labels = False
     with pytest.raises(DataError, match="no labels"):
         probe(Conditional(), Split(images, None), labelled, n_labels=10)
     one_class = Split(images, torch.zeros(20, dtype=torch.int64))

@@ -56,7 +56,7 @@ def _score_batch(model: Autoencoder, x: Tensor, kind: str) -> Tensor:
     """(B, C, H, W) in [0, 1] -> (B,) scores."""
     if kind == "recon":
         return (model.reconstruct(x) - x).square().flatten(1).mean(1)
-    if model.needs_labels:
+    if model.elbo_uses_labels:
         raise ConfigError(f"--score elbo would need the label of every image for a {model.family}; "
                           "use --score recon")
     metrics = model.metrics(x)

@@ -590,9 +590,9 @@ def cmd_probe(args) -> int:
         cfg.data.data_dir = args.data_dir
     elif args.dataset:
         cfg.data.name, cfg.data.data_dir, cfg.data.fallback = args.dataset, None, False
-    data = cfg.data                              # the probe asks about every class, even one a
-    if getattr(data, "exclude_class", None) is not None:      # run was trained without
-        data = replace(data, exclude_class=None)
+    # the probe asks about every class, even one a run was trained without, and draws its own
+    # labelled images from all the training labels, even where the run trained with few (--labels)
+    data = replace(cfg.data, exclude_class=None, labels=None)
     splits = load_splits(data, cfg.train.seed, device)
     train, test = splits.train, getattr(splits, args.split)
     if len(test) == 0:

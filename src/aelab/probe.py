@@ -39,7 +39,7 @@ def encode_split(model: Autoencoder, split: Split, batch_size: int = 1000) -> Te
     """The code of every image of the split, ``model.embed`` in batches: (N, code_dim) float32 on
     the CPU. A label-conditional family (cvae) is given each image's label."""
     model.eval()
-    codes = [(model.embed(x, y) if model.needs_labels else model.embed(x)).float().cpu()
+    codes = [(model.embed(x, y) if model.codes_use_labels else model.embed(x)).float().cpu()
              for x, y in Batches(split, batch_size)]
     return torch.cat(codes) if codes else torch.empty(0, 0)
 
@@ -75,7 +75,7 @@ def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
 
 def check_unconditional(model: Autoencoder) -> None:
     """Refuse label-conditional families: their codes are computed from the label itself."""
-    if model.needs_labels:
+    if model.codes_use_labels:
         raise ConfigError(f"a {model.family} encodes each image together with its label, so its codes "
                           "would give the answer away; probe an unconditional family (vae, ae, ...)")
 

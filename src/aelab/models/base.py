@@ -54,6 +54,8 @@ class Autoencoder(nn.Module):
     can_sample = False
     needs_labels = False          # True: forward/metrics use y, and training data must have labels
     partial_labels = False        # True: trains with some labels hidden (-1): data.labels applies
+    codes_use_labels = False      # True: embed(x, y) encodes the label with the image (cvae, m2)
+    elbo_uses_labels = False      # True: metrics' elbo bounds log p(x | y), not log p(x) (cvae)
     continuous_code = True        # False: only codebook vectors decode to trained-on inputs (vqvae)
 
     @classmethod

@@ -69,6 +69,8 @@ class CVAE(VAE):
 
     config_cls = CVAEConfig
     needs_labels = True
+    codes_use_labels = True
+    elbo_uses_labels = True
 
     def __init__(self, cfg: CVAEConfig):
         super().__init__(cfg, n_condition=cfg.n_classes)

@@ -85,6 +85,7 @@ class M2(CVAE):
 
     config_cls = M2Config
     partial_labels = True         # trains on labels of -1 (hidden), so --labels N applies
+    elbo_uses_labels = False      # its elbo sums y out under q(y|x): a bound on log p(x)
     log_weights = None            # no p(x) estimate: require_likelihood refuses it by name
 
     @classmethod
