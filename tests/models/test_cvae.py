@@ -2,6 +2,8 @@
 samples, and reconstructions with the given (or the most likely) label."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -291,6 +293,7 @@ def test_a_mixture_draws_its_components_by_weight():
 
 
 def test_classes_without_enough_codes_and_unfitted_models_draw_from_the_training_prior(caplog):
+    caplog.set_level(logging.INFO, logger="aelab")
     model = tiny_cvae(ex_post_components=4, prior="learned")
     gen = lambda: torch.Generator().manual_seed(0)     # noqa: E731
     labels = torch.tensor([0, 1, 2, 0])
@@ -302,6 +305,11 @@ def test_classes_without_enough_codes_and_unfitted_models_draw_from_the_training
     codes = torch.randn(23, 2, dtype=torch.float64)
     model.fit_ex_post(codes, torch.tensor([0] * 10 + [1] * 10 + [2] * 3))   # class 2: 3 codes < 4
     assert model.ex_post_fitted.tolist() == [True, True, False] and "class 2 has 3" in caplog.text
+    assert "fitted for 2 of 3 classes" in caplog.text
+    caplog.clear()
+    too_many = tiny_cvae(ex_post_components=30)                   # no class has 30 codes
+    too_many.fit_ex_post(codes, torch.tensor([0] * 10 + [1] * 10 + [2] * 3))
+    assert not too_many.ex_post_fitted.any() and "mixture fitted" not in caplog.text
     z = model.draw_prior(4, gen(), labels)
     assert not torch.allclose(z[[0, 1, 3]], before[[0, 1, 3]])
     torch.testing.assert_close(z[2], before[2])

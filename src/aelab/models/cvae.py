@@ -154,8 +154,10 @@ class CVAE(VAE):
             self.ex_post_means[c] = torch.as_tensor(gmm.means_).to(like)
             self.ex_post_chol[c] = torch.as_tensor(np.linalg.cholesky(gmm.covariances_)).to(like)
             self.ex_post_fitted[c] = True
-        log.info("ex-post prior: a %d-component Gaussian mixture fitted per class on %d training "
-                 "codes", m, len(codes))
+        fitted = int(self.ex_post_fitted.sum())
+        if fitted:
+            log.info("ex-post prior: a %d-component Gaussian mixture fitted for %d of %d classes on "
+                     "%d training codes", m, fitted, self.cfg.n_classes, len(codes))
 
     def one_hot(self, y: Tensor | None, like: Tensor) -> Tensor:
         """(B,) labels -> (B, n_classes) floats of like's dtype; (B, 0) for a model without classes."""
