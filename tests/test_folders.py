@@ -64,6 +64,7 @@ def test_one_npy_file_of_flat_square_images(tmp_path):
     (np.full((4, 8, 8), np.nan), None, "NaN"),
     (np.zeros((4, 8, 8, 5)), None, "are not (N, H, W)"),
     (np.zeros((4, 10)), None, "are not (N, H, W)"),
+    (np.zeros((0, 1, 28, 28)), None, "holds no images"),
     (np.zeros((4, 8, 8)), np.arange(3), "3 labels of shape (3,) for 4 images"),
     (np.zeros((4, 8, 8)), np.array([0, 1, -1, 2]), "found -1"),
     (np.zeros((4, 8, 8)), np.array([0.5, 1, 1, 2]), "whole numbers"),

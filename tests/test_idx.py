@@ -105,6 +105,12 @@ def test_read_images_moves_channels_first_for_nhwc(tmp_path):
     np.testing.assert_array_equal(images[2, 1], array[2, :, :, 1])
 
 
+def test_read_images_refuses_channels_other_than_grey_or_rgb(tmp_path):
+    write_idx(tmp_path / "x", np.zeros((4, 5, 6, 4), dtype=np.uint8))       # RGBA, or 4 bands
+    with pytest.raises(DataError, match=r"need C = 1 \(grey\) or 3 \(RGB\)"):
+        read_images(tmp_path / "x")
+
+
 def test_read_labels_gives_int64(tmp_path):
     write_idx(tmp_path / "y.gz", np.array([3, 1, 4, 1, 5], dtype=np.uint8))
     labels = read_labels(tmp_path / "y.gz")

@@ -118,6 +118,8 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
 def as_image_array(a: np.ndarray, path: Path) -> np.ndarray:
     """uint8 (N, C, H, W) from (N, H, W), (N, C, H, W), (N, H, W, C) or (N, D) pixels."""
     a = np.asarray(a)
+    if a.ndim >= 1 and len(a) == 0:
+        raise DataError(f"{path}: holds no images (shape {a.shape})")
     if a.ndim == 2 and math.isqrt(a.shape[1]) ** 2 == a.shape[1]:
         side = math.isqrt(a.shape[1])
         a = a.reshape(len(a), 1, side, side)

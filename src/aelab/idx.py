@@ -47,13 +47,16 @@ def parse_idx(raw: bytes, name: str = "<bytes>") -> np.ndarray:
 
 
 def read_images(path) -> np.ndarray:
-    """IDX images as uint8 (N, C, H, W); accepts (N, H, W) and (N, H, W, C) files."""
+    """IDX images as uint8 (N, C, H, W); accepts (N, H, W) and (N, H, W, C) files, C 1 or 3."""
     images = read_idx(path)
     if images.dtype != np.uint8:
         raise DataError(f"{path}: images must be unsigned bytes, found {images.dtype}")
     if images.ndim == 3:
         return images[:, None]
     if images.ndim == 4:
+        if images.shape[3] not in (1, 3):
+            raise DataError(f"{path}: images (N, H, W, C) need C = 1 (grey) or 3 (RGB), found "
+                            f"shape {list(images.shape)}")
         return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
     raise DataError(f"{path}: images need 3 or 4 dimensions, found shape {list(images.shape)}")
 
