@@ -147,7 +147,7 @@ def test_missing_run_folder(tmp_path):
 
 def test_a_file_is_not_a_run_folder(tmp_path):
     (tmp_path / "run.json").write_text("{}")
-    with pytest.raises(RunError, match="not found"):
+    with pytest.raises(RunError, match=r"run.json is a file; give its run folder"):
         read_run_info(tmp_path / "run.json")
 
 

@@ -191,7 +191,7 @@ def test_create_run_dir_refuses_a_non_empty_folder(tmp_path):
 
 def test_create_run_dir_refuses_a_file(tmp_path):
     (tmp_path / "run").write_text("")
-    with pytest.raises(RunError):
+    with pytest.raises(RunError, match="is a file, not a folder"):
         create_run_dir(str(tmp_path / "run"), "vae")
 
 

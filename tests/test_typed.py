@@ -56,6 +56,8 @@ def test_cast_accepts(value, kind, expected):
     ([1], str),
     (True, str),
     ("a,b", tuple[int, ...]),
+    ("64,,32", tuple[int, ...]),      # a lost size: not silently 64,32
+    (",64", tuple[int, ...]),
     ("x", Optional[int]),
 ])
 def test_cast_rejects_with_config_error_naming_the_key(value, kind):

@@ -56,7 +56,9 @@ def _umask() -> int:
 def create_run_dir(out: str | None, default_name: str) -> Path:
     """Make a fresh run folder; refuse one that already holds files."""
     path = Path(out) if out else Path("runs") / f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise RunError(f"{path} is a file, not a folder; choose another --out")
+    if path.exists() and any(path.iterdir()):
         raise RunError(f"{path} already exists and is not empty; choose another --out")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,8 @@ def save_model(run_dir: Path, model: Autoencoder) -> None:
 
 def read_run_info(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir} is a file; give its run folder ({run_dir.parent})")
     if not run_dir.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
     try:

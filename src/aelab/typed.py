@@ -44,15 +44,20 @@ def cast(value: Any, kind: Any, name: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return cast(value, inner[0], name)
     if origin is tuple:
+        given = value
         if isinstance(value, str):              # "512,256" or YAML's "[512, 256]"
             text = value.strip()
             if text.startswith("[") and text.endswith("]"):
                 text = text[1:-1]
-            value = text.split(",")
+            value = text.split(",") if text.strip() else []   # '' and '[]': no items
+            if len(value) > 1 and not value[-1].strip():       # a trailing comma: '512, 256,'
+                value.pop()
         items = value
         if not isinstance(items, (list, tuple)):
             items = [items]
-        return tuple(cast(v, args[0], name) for v in items if not (isinstance(v, str) and not v.strip()))
+        if any(isinstance(v, str) and not v.strip() for v in items):
+            raise ConfigError(f"{name}: cannot read {given!r}: it has an empty item")
+        return tuple(cast(v, args[0], name) for v in items)
     try:
         if kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
