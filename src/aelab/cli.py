@@ -767,6 +767,9 @@ def _split_words(split: str) -> str:
 def _launch_torchrun(nproc: int, argv: list[str]) -> int:
     """Run this same command in ``nproc`` processes under torchrun (in this process: its
     launcher, not its command line); 0, 2 when the processes stopped on an aelab error, else 1."""
+    import tempfile
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
     rest, skip = [], False
     for arg in argv:                             # drop --nproc N / --nproc=N
         if skip:
@@ -775,11 +778,9 @@ def _launch_torchrun(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-    import tempfile
     elastic_log = logging.getLogger("torch.distributed.elastic")
-    level, elastic_log.level = elastic_log.level, logging.CRITICAL   # failures: said below
+    level = elastic_log.level
+    elastic_log.setLevel(logging.CRITICAL)       # its lines on a failure: said below, shorter
     with tempfile.TemporaryDirectory() as errors:
         os.environ[ERRORS_DIR] = errors
         try:
