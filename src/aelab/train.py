@@ -195,10 +195,11 @@ def _train(cfg: RunConfig, out: str | None, progress: bool | None, resume: str |
                               f"{done} or more to resume it, got {cfg.train.epochs}")
         before = read_run_info(run_dir)
         info["created"] = before.get("created", info["created"])
-        if before.get("world_size", 1) != ranks.world_size:
+        world_before = before.get("world_size", 1)
+        if world_before != ranks.world_size:
             log.warning("%s was trained with %d process(es) and resumes with %d: it continues "
-                        "correctly, but not bit for bit as it would have", run_dir,
-                        before.get("world_size", 1), ranks.world_size)
+                        "correctly, but not bit for bit as it would have", run_dir, world_before,
+                        ranks.world_size)
         log.info("resuming %s after epoch %d of %d", run_dir, done, cfg.train.epochs)
     else:
         run_dir = create_run_dir(out, cfg.preset or cfg.model.name) if main else Path(out or ".")

@@ -43,13 +43,13 @@ def model_config_from_dict(values: dict) -> ModelConfig:
     if not isinstance(values, dict) or "name" not in values:
         raise ConfigError("the model section needs a 'name' (one of: " + ", ".join(list_models()) + ")")
     name = str(values["name"])
-    cls = model_config_class(name)
-    for key in values:
+    known = _option_names(name)
+    for key in (key for key in values if key not in known):
         owners = [family for family in list_models() if key in _option_names(family)]
-        if key not in _option_names(name) and owners:
+        if owners:
             raise ConfigError(f"model.{key} is an option of {', '.join(owners)}, not of {name} "
                               f"(set the family with --model or model.name)")
-    return dataclass_from_dict(cls, values, "model.")
+    return dataclass_from_dict(model_config_class(name), values, "model.")
 
 
 def _option_names(family: str) -> set[str]:
